@@ -1,0 +1,108 @@
+""" GatedChannelTransform against the official GCT math (z-x-yang/GCT, PyTorch/GCT.py), written out here. """
+import pytest
+import torch
+from timm.optim import create_optimizer_v2
+
+import timm
+from timm_gct.layers import GatedChannelTransform
+from timm_gct.layers._reduce import spatial_sum
+
+
+def _reference(x, alpha, gamma, beta, eps, mode, after_relu):
+    """The official forward, term by term, on (1, C, 1, 1) parameters."""
+    if mode == 'l2':
+        embedding = (x.pow(2).sum((2, 3), keepdim=True) + eps).pow(0.5) * alpha
+        norm = gamma / (embedding.pow(2).mean(dim=1, keepdim=True) + eps).pow(0.5)
+    else:
+        _x = x if after_relu else torch.abs(x)
+        embedding = _x.sum((2, 3), keepdim=True) * alpha
+        norm = gamma / (torch.abs(embedding).mean(dim=1, keepdim=True) + eps)
+    gate = 1. + torch.tanh(embedding * norm + beta)
+    return x * gate
+
+
+def _random_gct(channels, **kwargs):
+    layer = GatedChannelTransform(channels, dtype=torch.float64, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return layer
+
+
+@pytest.mark.parametrize('mode,after_relu', [('l2', False), ('l1', False), ('l1', True)])
+def test_matches_official_math_in_float64(mode, after_relu):
+    layer = _random_gct(24, mode=mode, after_relu=after_relu)
+    x = torch.randn(3, 24, 7, 5, dtype=torch.float64)
+    if after_relu:
+        x = x.relu()
+    expected = _reference(x, layer.alpha, layer.gamma, layer.beta.view(1, -1, 1, 1), 1e-5, mode, after_relu)
+    out = layer(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_match_official_math_in_float64():
+    layer = _random_gct(8)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    ref_params = [p.detach().clone().requires_grad_() for p in (layer.alpha, layer.gamma, layer.beta)]
+    x_ref = x.detach().clone().requires_grad_()
+    upstream = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    (layer(x) * upstream).sum().backward()
+    a, g, b = ref_params
+    (_reference(x_ref, a, g, b.view(1, -1, 1, 1), 1e-5, 'l2', False) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for p, r in zip((layer.alpha, layer.gamma, layer.beta), ref_params):
+        torch.testing.assert_close(p.grad, r.grad)
+
+
+@pytest.mark.parametrize('mode', ['l2', 'l1'])
+def test_identity_at_init(mode):
+    layer = GatedChannelTransform(32, mode=mode)
+    assert torch.equal(layer.alpha, torch.ones(1, 32, 1, 1))
+    assert not layer.gamma.any() and not layer.beta.any()
+    x = torch.randn(2, 32, 6, 6) * 10
+    assert torch.equal(layer(x), x)
+
+
+def test_reductions_run_in_at_least_float32():
+    assert spatial_sum(torch.ones(1, 2, 3, 3, dtype=torch.float16), 2).dtype == torch.float32
+    assert spatial_sum(torch.ones(1, 2, 3, 3, dtype=torch.bfloat16), 1).dtype == torch.float32
+    assert spatial_sum(torch.ones(1, 2, 3, 3, dtype=torch.float64), 0).dtype == torch.float64
+
+
+@pytest.mark.parametrize('mode', ['l2', 'l1'])
+def test_pure_float16_does_not_overflow(mode):
+    # RMS 100 on a 56x56 map: the per-channel sum of squares is ~3e7, far beyond float16's 65504 (the official code
+    # gives inf, then NaN, from RMS ~4.6 on). The float16 layer must agree with the float64 one.
+    layer = _random_gct(16, mode=mode)
+    x = torch.randn(2, 16, 56, 56, dtype=torch.float64) * 100
+    expected = layer(x)
+    out = layer.half()(x.half())
+    assert out.dtype == torch.float16
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=0.5)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(mode='l3'), r"GatedChannelTransform: mode='l3' is not allowed; expected one of 'l2', 'l1'"),
+    (dict(eps=0.), r'eps=0.0 is not allowed; expected a finite number > 0'),
+    (dict(eps=float('nan')), r'eps=nan is not allowed'),
+    (dict(after_relu=True), r"after_relu=True is only allowed with mode='l1'"),
+])
+def test_bad_arguments_are_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GatedChannelTransform(16, **kwargs)
+
+
+def test_beta_is_not_weight_decayed_by_timms_optimizer_factory():
+    """Official recipe (GCT README, PyTorch/main.py): weight decay on every parameter except beta."""
+    model = timm.create_model('gct_resnet18_cifar')
+    optimizer = create_optimizer_v2(model, opt='sgd', lr=0.1, weight_decay=1e-4)
+    decay_of = {id(p): group['weight_decay'] for group in optimizer.param_groups for p in group['params']}
+    named = dict(model.named_parameters())
+    gct_params = {n: p for n, p in named.items() if '.se.' in n}
+    assert len(gct_params) == 3 * 8  # alpha, gamma, beta in each of the 8 blocks
+    for n, p in gct_params.items():
+        expected = 0. if n.endswith('.beta') else 1e-4
+        assert decay_of[id(p)] == expected, n

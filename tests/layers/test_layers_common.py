@@ -1,0 +1,164 @@
+""" The contract every layer in timm_gct.layers keeps: construction, devices, dtypes, export, zero input, gradients.
+
+Numerics against the official math live in the per-layer test files.
+"""
+import copy
+
+import pytest
+import torch
+import torch.fx
+from timm.layers import SEModule
+from timm.models import create_model
+from timm.models.cspnet import BottleneckBlock
+
+from timm_gct.layers import (
+    GatedChannelTransform, GlobalContextBlock, NormalizationAttention, get_attn, list_attn,
+)
+
+LAYERS = {
+    'gct': GatedChannelTransform,
+    'gct_l1': lambda c, **kw: GatedChannelTransform(c, mode='l1', **kw),
+    'nam': NormalizationAttention,
+    'nam_sparse': lambda c, **kw: NormalizationAttention(c, sparsity=1e-4, **kw),
+    'gc': GlobalContextBlock,
+    'gc_mul_add_avg': lambda c, **kw: GlobalContextBlock(
+        c, pooling_type='avg', fusion_types=('channel_mul', 'channel_add'), **kw),
+}
+NAMES = list(LAYERS)
+
+
+def _randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter and buffer away from its init, so that no path through the layer is trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+        for name, b in layer.named_buffers():
+            if b.is_floating_point():
+                b.copy_((torch.rand(b.shape, generator=g, dtype=torch.float64) + 0.5).to(b.dtype))
+    return layer
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_channels_first_and_meta_device(name):
+    layer = LAYERS[name](64, device='meta')
+    assert all(t.device.type == 'meta' for t in list(layer.parameters()) + list(layer.buffers()))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_dtype_is_honoured(name):
+    layer = LAYERS[name](32, dtype=torch.float64)
+    tensors = list(layer.parameters()) + list(layer.buffers())
+    assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('channels', [0, -3, 2.5, True, '64'])
+def test_bad_channels_is_a_value_error(name, channels):
+    with pytest.raises(ValueError, match=r'channels=.*expected a positive int'):
+        LAYERS[name](channels)
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('training', [True, False])
+def test_all_zero_input_gives_no_nan(name, training):
+    # What every layer sees at init inside timm's ResNet, whose zero_init_last zeroes the last BN of each block.
+    layer = _randomize(LAYERS[name](32)).train(training)
+    x = torch.zeros(2, 32, 7, 7, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_shape_and_gradient_reach_every_parameter(name):
+    layer = _randomize(LAYERS[name](32)).train()
+    x = torch.randn(2, 32, 9, 11, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for n, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
+def test_output_keeps_the_input_dtype(name, dtype):
+    layer = _randomize(LAYERS[name](16)).to(dtype).eval()
+    x = torch.randn(2, 16, 8, 8, dtype=dtype)
+    out = layer(x)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_output_keeps_the_input_dtype_under_autocast(name):
+    layer = _randomize(LAYERS[name](16)).eval()
+    x = torch.randn(2, 16, 8, 8).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torchscript_matches_eager(name):
+    layer = _randomize(LAYERS[name](16)).eval()
+    x = torch.randn(2, 16, 6, 6)
+    scripted = torch.jit.script(layer)
+    torch.testing.assert_close(scripted(x), layer(x))
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('training', [True, False])
+def test_fx_symbolic_trace_matches_eager(name, training):
+    layer = _randomize(LAYERS[name](16)).train(training)
+    traced = torch.fx.symbolic_trace(copy.deepcopy(layer))
+    x = torch.randn(2, 16, 6, 6)
+    torch.testing.assert_close(traced(x), layer(x))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_deepcopy_matches(name):
+    layer = _randomize(LAYERS[name](16)).eval()
+    x = torch.randn(2, 16, 5, 5)
+    torch.testing.assert_close(copy.deepcopy(layer)(x), layer(x))
+
+
+def test_get_attn_knows_our_names_case_insensitively():
+    assert get_attn('gct') is GatedChannelTransform
+    assert get_attn('NAM') is NormalizationAttention
+    assert get_attn('gc') is GlobalContextBlock  # shadows timm's 'gc' (GlobalContext, scale fusion)
+    assert list_attn() == ['gc', 'gct', 'nam']
+
+
+def test_get_attn_falls_back_to_timm():
+    assert get_attn('se') is SEModule
+    assert get_attn(None) is None
+    assert get_attn(False) is None
+    assert get_attn(GatedChannelTransform) is GatedChannelTransform
+
+
+def test_get_attn_unknown_name_is_a_value_error_naming_the_value():
+    with pytest.raises(ValueError, match=r"attn_type='nope'.*\['gc', 'gct', 'nam'\]"):
+        get_attn('nope')
+
+
+@pytest.mark.parametrize('name', list_attn())
+def test_layers_plug_into_timm_attn_hooks(name):
+    """Any timm model with an attention hook takes our layers, e.g. a plain timm resnet18 and a sknet."""
+    x = torch.randn(1, 3, 64, 64)
+    for arch in ('resnet18', 'skresnet18'):
+        model = create_model(arch, num_classes=5, block_args=dict(attn_layer=get_attn(name))).eval()
+        assert isinstance(model.layer1[0].se, get_attn(name))
+        assert model(x).shape == (1, 5)
+
+
+@pytest.mark.parametrize('name', list_attn())
+def test_layers_accept_act_layer_for_cspnet_hooks(name):
+    # cspnet blocks (and efficientnet's se_layer) call attn_layer(chs, act_layer=..., device=..., dtype=...)
+    block = BottleneckBlock(64, 64, attn_layer=get_attn(name), attn_last=True).eval()
+    assert block(torch.randn(1, 64, 8, 8)).shape == (1, 64, 8, 8)

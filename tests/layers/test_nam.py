@@ -1,0 +1,116 @@
+""" NormalizationAttention against the official NAM channel attention (Christian-lyc/NAM, MODELS/attention.py). """
+import argparse
+import copy
+
+import pytest
+import timm
+import torch
+from timm.utils import ParseKwargs
+
+from timm_gct.layers import NormalizationAttention
+
+
+def _reference(x, weight, bias, mean, var, eps=1e-5):
+    """Official forward on explicit BN statistics: sigmoid(|g| / sum|g| * BN(x)) * x, the weights detached."""
+    y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + eps)
+    y = y * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    w = weight.detach().abs() / weight.detach().abs().sum()
+    return torch.sigmoid(w.view(1, -1, 1, 1) * y) * x
+
+
+def _random_nam(channels, **kwargs):
+    layer = NormalizationAttention(channels, dtype=torch.float64, **kwargs)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        layer.bn.weight.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
+        layer.bn.bias.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
+        layer.bn.running_mean.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
+        layer.bn.running_var.copy_(torch.rand(channels, generator=g, dtype=torch.float64) + 0.5)
+    return layer
+
+
+def test_matches_official_math_in_training_mode_float64():
+    layer = _random_nam(12).train()
+    x = torch.randn(4, 12, 5, 6, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    weight = layer.bn.weight.detach().clone().requires_grad_()
+    bias = layer.bn.bias.detach().clone().requires_grad_()
+    mean, var = x_ref.mean((0, 2, 3)), x_ref.var((0, 2, 3), unbiased=False)
+    expected = _reference(x_ref, weight, bias, mean, var)
+    out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    # Gradients too: no gradient flows through the |gamma| / sum|gamma| weights.
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.bn.weight.grad, weight.grad)
+    torch.testing.assert_close(layer.bn.bias.grad, bias.grad)
+
+
+def test_matches_official_math_in_eval_mode_float64():
+    layer = _random_nam(12).eval()
+    x = torch.randn(2, 12, 3, 3, dtype=torch.float64)
+    expected = _reference(x, layer.bn.weight, layer.bn.bias, layer.bn.running_mean, layer.bn.running_var)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def _weight_grad(layer, x):
+    layer.zero_grad()
+    layer(x).sum().backward()
+    return layer.bn.weight.grad.clone()
+
+
+def test_sparsity_adds_s_sign_gamma_to_gammas_gradient():
+    plain = _random_nam(8)
+    sparse = _random_nam(8, sparsity=1e-4)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    diff = _weight_grad(sparse, x) - _weight_grad(plain, x)
+    torch.testing.assert_close(diff, 1e-4 * torch.sign(plain.bn.weight.detach()), rtol=0, atol=1e-15)
+    assert sparse.bn.bias.grad is not None
+    torch.testing.assert_close(sparse.bn.bias.grad, plain.bn.bias.grad)
+
+
+def test_sparsity_survives_deepcopy():
+    # timm's ModelEma and many training loops deep-copy models; tensor hooks are not copied, so they are re-added.
+    plain, sparse = _random_nam(8), _random_nam(8, sparsity=1e-3)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    diff = _weight_grad(copy.deepcopy(sparse), x) - _weight_grad(plain, x)
+    torch.testing.assert_close(diff, 1e-3 * torch.sign(plain.bn.weight.detach()), rtol=0, atol=1e-15)
+
+
+def test_sparsity_is_settable_from_train_py_model_kwargs():
+    """train.py parses --model-kwargs with timm.utils.ParseKwargs and passes the result to create_model."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    args = parser.parse_args(['--model-kwargs', "attn_kwargs={'sparsity': 1e-4}"])
+    sparse = timm.create_model('nam_resnet18_cifar', dtype=torch.float64, **args.model_kwargs)
+    plain = timm.create_model('nam_resnet18_cifar', dtype=torch.float64)
+    plain.load_state_dict(sparse.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for model in (sparse, plain):
+        model(x).sum().backward()
+    layers = {n: m for n, m in sparse.named_modules() if isinstance(m, NormalizationAttention)}
+    assert len(layers) == 8 and all(m.sparsity == 1e-4 for m in layers.values())
+    for name, layer in layers.items():
+        diff = layer.bn.weight.grad - plain.get_submodule(name).bn.weight.grad
+        torch.testing.assert_close(diff, 1e-4 * torch.sign(layer.bn.weight.detach()), rtol=0, atol=1e-12)
+
+
+def test_sparsity_default_is_off():
+    assert NormalizationAttention(8).sparsity == 0.
+    assert not NormalizationAttention(8).bn.weight._backward_hooks
+
+
+def test_all_zero_gamma_gives_no_nan():
+    layer = NormalizationAttention(4)
+    with torch.no_grad():
+        layer.bn.weight.zero_()
+    out = layer(torch.randn(2, 4, 3, 3))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('sparsity', [-1e-4, float('inf'), float('nan'), 'big'])
+def test_bad_sparsity_is_a_value_error(sparsity):
+    with pytest.raises(ValueError, match=r'NormalizationAttention: sparsity=.* expected a finite number >= 0'):
+        NormalizationAttention(8, sparsity=sparsity)

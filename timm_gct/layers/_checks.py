@@ -1,0 +1,29 @@
+""" Constructor argument checks shared by the attention layers.
+
+Each check raises ``ValueError`` naming the layer, the argument, the value and what is allowed, so a bad
+hyper-parameter fails when the model is built rather than deep inside a forward pass.
+"""
+from typing import Any, Collection
+
+__all__ = ['check_channels', 'check_choice', 'check_positive']
+
+
+def check_channels(layer: str, channels: Any) -> None:
+    """Require a positive integer channel count."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f'{layer}: channels={channels!r} is not allowed; expected a positive int.')
+
+
+def check_choice(layer: str, name: str, value: Any, allowed: Collection[Any]) -> None:
+    """Require ``value`` to be one of ``allowed``."""
+    if value not in allowed:
+        choices = ', '.join(repr(a) for a in allowed)
+        raise ValueError(f'{layer}: {name}={value!r} is not allowed; expected one of {choices}.')
+
+
+def check_positive(layer: str, name: str, value: Any, allow_zero: bool = False) -> None:
+    """Require a finite real number > 0 (>= 0 with ``allow_zero``)."""
+    is_number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not is_number or not (0 <= value if allow_zero else 0 < value) or not value < float('inf'):
+        bound = '>= 0' if allow_zero else '> 0'
+        raise ValueError(f'{layer}: {name}={value!r} is not allowed; expected a finite number {bound}.')

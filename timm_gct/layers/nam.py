@@ -1,0 +1,85 @@
+""" Normalization-based Attention Module (NAM), channel attention
+
+Paper: `NAM: Normalization-based Attention Module` - https://arxiv.org/abs/2111.12419 (NeurIPS 2021 workshop)
+Official code: https://github.com/Christian-lyc/NAM (``MODELS/attention.py``, ``Channel_Att``; commit c76abf4)
+
+Math, per channel c of an (N, C, H, W) input x, with gamma the BatchNorm scale:
+    y   = BN(x)
+    w_c = |gamma_c| / sum_j |gamma_j|            taken without gradient (the official code reads ``weight.data``)
+    out = sigmoid(w_c * y_c) * x_c
+The paper's sparsity regulariser (``train_cifar100.py -sr --s 1e-4``) adds s * sign(gamma) to gamma's gradient after
+every backward pass. Stock timm train.py has no hook for extra loss terms, so ``sparsity=s`` registers that exact
+gradient term as a hook on gamma; set it with ``--model-kwargs "attn_kwargs={'sparsity': 1e-4}"``. The default is
+0 (off), as in the official script, where the regulariser is an opt-in flag.
+
+Notes:
+* Only the channel sub-module exists: the spatial (pixel-normalisation) branch was never released (NAM issues #1,
+  #2, #7), so it is not implemented here.
+* The hook adds s * sign(gamma) once per backward pass. With ``--grad-accum-steps N`` that is N times per
+  optimizer step (divide s by N to match the official recipe), and under float16 AMP with a GradScaler the term is
+  added to loss-scaled gradients, so its effective strength is divided by the loss scale (use bfloat16 or float32).
+* The official recipe decays the NAM BN parameters (weight decay 5e-4 on all parameters); timm's optimizer factory
+  never decays 1-D parameters, so under timm they are not decayed.
+
+Deviations from the official code:
+* sum_j |gamma_j| is clamped to >= 1e-12, which only matters when every gamma is exactly zero (official: 0 / 0).
+* The gate is applied by broadcasting instead of two permute().contiguous() round trips (same values), and it is
+  cast to the input dtype so the output keeps the input dtype under autocast.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+from timm.layers import LayerType
+
+from ._checks import check_channels, check_positive
+
+__all__ = ['NormalizationAttention']
+
+
+class NormalizationAttention(nn.Module):
+    """NAM channel attention, a drop-in timm ``attn_layer``."""
+
+    def __init__(
+            self,
+            channels: int,
+            sparsity: float = 0.,
+            act_layer: Optional[LayerType] = None,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            channels: Number of input (and output) channels.
+            sparsity: Strength s of the L1 sparsity regulariser on the BN scale (official value when enabled: 1e-4);
+                0 disables it.
+            act_layer: Accepted and ignored, so the layer also fits timm's cspnet / efficientnet attention hooks.
+        """
+        super().__init__()
+        check_channels(type(self).__name__, channels)
+        check_positive(type(self).__name__, 'sparsity', sparsity, allow_zero=True)
+        self.sparsity = float(sparsity)
+        self.bn = nn.BatchNorm2d(channels, device=device, dtype=dtype)
+        self._register_sparsity_hook()
+
+    def _register_sparsity_hook(self) -> None:
+        if self.sparsity > 0:
+            self.bn.weight.register_hook(self._add_sparsity_grad)
+
+    @torch.jit.unused
+    def _add_sparsity_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad + self.sparsity * torch.sign(self.bn.weight.detach())
+
+    def __setstate__(self, state):
+        # Tensor hooks do not survive deepcopy or pickling (timm's ModelEma deep-copies the model): re-register.
+        super().__setstate__(state)
+        self._register_sparsity_hook()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.bn.weight.detach().abs()
+        weight = scale / scale.sum().clamp_min(1e-12)
+        gate = torch.sigmoid(self.bn(x) * weight.view(1, -1, 1, 1))
+        return x * gate.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f'sparsity={self.sparsity}'
