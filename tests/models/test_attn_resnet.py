@@ -1,0 +1,165 @@
+""" The registration table: names, cfgs, placement, CIFAR stems, kwargs and identity-at-init at model level. """
+import pytest
+import timm
+import torch
+
+from timm_gct.layers import GatedChannelTransform, GlobalContextBlock, NormalizationAttention
+from timm_gct.models import MECHANISMS, model_mechanism
+
+DEPTHS = (18, 34, 50, 101, 152)
+CIFAR_DEPTHS = (18, 34, 50)
+
+
+def _expected_names(prefix):
+    return sorted([f'{prefix}_resnet{d}' for d in DEPTHS] + [f'{prefix}_resnet{d}_cifar' for d in CIFAR_DEPTHS])
+
+
+def test_every_family_is_registered_with_timm():
+    assert sorted(timm.list_models('gct_*')) == _expected_names('gct')
+    assert sorted(timm.list_models('nam_*')) == _expected_names('nam')
+    assert sorted(timm.list_models('gc_resnet*')) == _expected_names('gc')
+    assert sorted(timm.list_models('resnet*_cifar')) == ['resnet18_cifar', 'resnet34_cifar', 'resnet50_cifar']
+    assert 'attn_resnet' in timm.list_modules()
+    assert len(timm.list_models(module='attn_resnet')) == 27
+
+
+def test_models_have_cfgs_and_no_weights_yet():
+    names = timm.list_models(module='attn_resnet')
+    assert sorted(timm.list_models(module='attn_resnet', name_matches_cfg=True)) == sorted(names)
+    assert timm.list_models(module='attn_resnet', pretrained=True) == []
+    cfg = timm.get_pretrained_cfg('gct_resnet50')
+    assert cfg.paper_ids == 'arXiv:1909.11519' and cfg.hf_hub_id is None
+
+
+def test_model_mechanism():
+    assert model_mechanism('gct_resnet50') is MECHANISMS['gct']
+    assert model_mechanism('gc_resnet18_cifar') is MECHANISMS['gc']
+    assert model_mechanism('resnet18_cifar') is None
+
+
+@pytest.mark.parametrize('name,layer_cls,stages', [
+    ('gct_resnet18', GatedChannelTransform, (1, 2, 3, 4)),
+    ('nam_resnet50', NormalizationAttention, (1, 2, 3, 4)),
+    ('gc_resnet50', GlobalContextBlock, (2, 3, 4)),  # official placement: c3-c5
+    ('gc_resnet18_cifar', GlobalContextBlock, (2, 3, 4)),
+])
+def test_official_placement(name, layer_cls, stages):
+    model = timm.create_model(name, device='meta')
+    for i in range(1, 5):
+        for block in getattr(model, f'layer{i}'):
+            if i in stages:
+                assert isinstance(block.se, layer_cls)
+            else:
+                assert block.se is None
+    if stages != (1, 2, 3, 4):
+        assert not any(k.startswith('layer1.') and '.se.' in k for k in model.state_dict())
+
+
+def test_layer_width_matches_block_output():
+    model = timm.create_model('gct_resnet50', device='meta')
+    assert [model.get_submodule(f'layer{i}.0.se').alpha.shape[1] for i in range(1, 5)] == [256, 512, 1024, 2048]
+
+
+def test_attn_stages_kwarg_selects_stages():
+    model = timm.create_model('gc_resnet18', attn_stages=(1, 2, 3, 4), device='meta')
+    assert all(block.se is not None for i in range(1, 5) for block in getattr(model, f'layer{i}'))
+    model = timm.create_model('gct_resnet18', attn_stages=[4], device='meta')
+    has_attn = [block.se is not None for i in range(1, 5) for block in getattr(model, f'layer{i}')]
+    assert has_attn == [False] * 6 + [True] * 2
+
+
+@pytest.mark.parametrize('stages', [(0,), (5,), (1, 'x'), 3, (True,)])
+def test_bad_attn_stages_is_a_value_error(stages):
+    with pytest.raises(ValueError, match=r'gct_resnet18: attn_stages=.* expected a sequence of stage numbers from '
+                                         r'\(1, 2, 3, 4\)'):
+        timm.create_model('gct_resnet18', attn_stages=stages)
+
+
+def test_attn_kwargs_reach_the_layer():
+    model = timm.create_model('gc_resnet50', attn_kwargs={'rd_ratio': 1 / 4}, device='meta')
+    assert model.layer2[0].se.channel_add_conv[0].out_channels == 512 // 4
+    model = timm.create_model('gct_resnet18', attn_kwargs=dict(mode='l1'), device='meta')
+    assert model.layer1[0].se.mode == 'l1'
+
+
+def test_bad_attn_kwargs():
+    with pytest.raises(ValueError, match=r"attn_kwargs=\['mode'\] is not allowed; expected a dict"):
+        timm.create_model('gct_resnet18', attn_kwargs=['mode'])
+    with pytest.raises(ValueError, match=r"GatedChannelTransform: mode='l0'"):
+        timm.create_model('gct_resnet18', attn_kwargs=dict(mode='l0'))
+    with pytest.raises(TypeError):
+        timm.create_model('resnet18_cifar', attn_kwargs=dict(mode='l1'))  # a plain model has no attention
+
+
+def test_unknown_kwarg_is_a_type_error():
+    with pytest.raises(TypeError):
+        timm.create_model('gct_resnet18', not_an_arg=1)
+
+
+@pytest.mark.parametrize('name', ['resnet18_cifar', 'gct_resnet50_cifar', 'gc_resnet34_cifar'])
+def test_cifar_stem_shapes_and_feature_info(name):
+    model = timm.create_model(name).eval()
+    assert model.pretrained_cfg['input_size'] == (3, 32, 32) and model.pretrained_cfg['pool_size'] == (4, 4)
+    assert model.num_classes == 10
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert [f['reduction'] for f in model.feature_info] == [1, 1, 2, 4, 8]
+    x = torch.randn(2, 3, 32, 32)
+    assert model.forward_features(x).shape[-2:] == (4, 4)
+    features = timm.create_model(name, features_only=True).eval()(x)
+    assert [f.shape[-1] for f in features] == [32, 32, 16, 8, 4]
+    assert model(x).shape == (2, 10)
+
+
+def test_cifar_stem_rejects_stem_options():
+    with pytest.raises(ValueError, match=r"resnet18_cifar: stem_type='deep' is not allowed; CIFAR models"):
+        timm.create_model('resnet18_cifar', stem_type='deep')
+
+
+def test_cifar_output_stride_keeps_feature_info_right():
+    model = timm.create_model('gct_resnet18_cifar', output_stride=8, features_only=True).eval()
+    assert model.feature_info.reduction() == [1, 1, 2, 2, 2]
+    assert [f.shape[-1] for f in model(torch.randn(1, 3, 32, 32))] == [32, 32, 16, 16, 16]
+
+
+def _randomized_state_dict(model):
+    """Random values for every parameter and buffer, so no block's residual branch is trivially zero."""
+    g = torch.Generator().manual_seed(4)
+    state = {}
+    for k, v in model.state_dict().items():
+        if not v.is_floating_point():
+            state[k] = v
+        elif 'running_var' in k:
+            state[k] = torch.rand(v.shape, generator=g) + 0.5
+        else:
+            state[k] = torch.randn(v.shape, generator=g) * (0.1 if v.ndim > 1 else 1.)
+    return state
+
+
+@pytest.mark.parametrize('name,plain', [
+    ('gct_resnet50', 'resnet50'), ('gc_resnet50', 'resnet50'),
+    ('gct_resnet18_cifar', 'resnet18_cifar'), ('gc_resnet18_cifar', 'resnet18_cifar'),
+])
+def test_identity_at_init_at_model_level(name, plain):
+    """A GCT / GC ResNet holding the plain ResNet's weights gives exactly the plain ResNet's logits."""
+    base = timm.create_model(plain).eval()
+    base.load_state_dict(_randomized_state_dict(base))
+    model = timm.create_model(name).eval()
+    result = model.load_state_dict(base.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert result.missing_keys and all('.se.' in k for k in result.missing_keys)
+    x = torch.randn(2, 3, *base.pretrained_cfg['input_size'][1:])
+    with torch.no_grad():
+        expected = base(x)
+        assert expected.abs().max() > 0
+        assert torch.equal(model(x), expected)
+
+
+def test_nam_is_not_an_identity():
+    base = timm.create_model('resnet18_cifar').eval()
+    base.load_state_dict(_randomized_state_dict(base))
+    model = timm.create_model('nam_resnet18_cifar').eval()
+    model.load_state_dict(base.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), base(x))

@@ -1,0 +1,2 @@
+""" Model registrations. Importing this package registers every model with timm. """
+from .attn_resnet import *

@@ -1,0 +1,209 @@
+""" Attention-augmented ResNets: the registration table
+
+Every model is timm's own ``ResNet`` with an attention layer from ``timm_gct.layers`` passed through its
+``block_args=dict(attn_layer=...)`` hook, which puts one layer in each residual block after the last BN, before
+drop-path and the residual add. Two small post-construction steps cover what the hook cannot express:
+
+* stage selection (``attn_stages``): attention stays only in the chosen stages, e.g. c3-c5 for the GC block as in
+  its official configs; the layers of the other stages are removed before any weights are loaded;
+* the CIFAR stem of the ``*_cifar`` models: a 3x3 stride-1 stem conv and no max-pool, so stages run at 1/1, 1/2,
+  1/4 and 1/8 of a 32x32 input (``feature_info`` reductions are updated to match).
+
+Models: ``<mechanism>_resnet{18,34,50,101,152}`` (ImageNet stem), ``<mechanism>_resnet{18,34,50}_cifar`` and the
+plain baselines ``resnet{18,34,50}_cifar``. Model kwargs on top of timm's ResNet ones:
+
+* ``attn_kwargs``: dict of keyword arguments for the attention layer, e.g. ``{'sparsity': 1e-4}`` for NAM or
+  ``{'rd_ratio': 0.25}`` for GC r4 (train.py: ``--model-kwargs "attn_kwargs={'rd_ratio': 0.25}"``);
+* ``attn_stages``: the stages (1-4, as in ``layer1``-``layer4``) that keep attention.
+
+Papers:
+* ResNet: `Deep Residual Learning for Image Recognition` - https://arxiv.org/abs/1512.03385
+* GCT: `Gated Channel Transformation for Visual Recognition` - https://arxiv.org/abs/1909.11519
+* NAM: `NAM: Normalization-based Attention Module` - https://arxiv.org/abs/2111.12419
+* GC: `GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond` - https://arxiv.org/abs/1904.11492
+"""
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..layers import get_attn
+
+__all__ = ['Mechanism', 'MECHANISMS', 'model_mechanism']  # register_model adds each entrypoint fn to this
+
+# Source: the official NAM CIFAR-100 script (Christian-lyc/NAM train_cifar100.py), which uses CIFAR-10 statistics.
+CIFAR_DEFAULT_MEAN = (0.49139968, 0.48215827, 0.44653124)
+CIFAR_DEFAULT_STD = (0.24703233, 0.24348505, 0.26158768)
+
+_DEPTHS: Dict[int, Tuple[Type[Union[BasicBlock, Bottleneck]], Tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+_NUM_STAGES = 4
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One attention mechanism: its layer name in ``timm_gct.layers``, official placement and paper."""
+    name: str  # model name prefix and ``timm_gct.layers.get_attn`` name
+    title: str
+    paper_name: str
+    paper_id: str
+    code: str
+    stages: Tuple[int, ...] = (1, 2, 3, 4)  # official placement: stages (1-4) whose blocks carry the layer
+    depths: Tuple[int, ...] = (18, 34, 50, 101, 152)
+    cifar_depths: Tuple[int, ...] = (18, 34, 50)
+
+
+MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
+    Mechanism(
+        'gct', 'GCT', 'Gated Channel Transformation for Visual Recognition', 'arXiv:1909.11519',
+        'https://github.com/z-x-yang/GCT'),
+    Mechanism(
+        'nam', 'NAM', 'NAM: Normalization-based Attention Module', 'arXiv:2111.12419',
+        'https://github.com/Christian-lyc/NAM'),
+    Mechanism(
+        'gc', 'GC', 'GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond', 'arXiv:1904.11492',
+        'https://github.com/xvjiarui/GCNet', stages=(2, 3, 4)),
+)}
+
+
+@dataclass(frozen=True)
+class _ModelDef:
+    mechanism: Optional[Mechanism]  # None: plain ResNet baseline
+    depth: int
+    cifar: bool
+
+
+def _model_defs() -> Dict[str, _ModelDef]:
+    defs = {f'resnet{d}_cifar': _ModelDef(None, d, True) for d in (18, 34, 50)}
+    for m in MECHANISMS.values():
+        defs.update({f'{m.name}_resnet{d}': _ModelDef(m, d, False) for d in m.depths})
+        defs.update({f'{m.name}_resnet{d}_cifar': _ModelDef(m, d, True) for d in m.cifar_depths})
+    return defs
+
+
+_MODEL_DEFS = _model_defs()
+
+
+def model_mechanism(model_name: str) -> Optional[Mechanism]:
+    """The mechanism of a model registered here (None for a plain baseline); KeyError for other names."""
+    return _MODEL_DEFS[model_name.split('.')[0]].mechanism
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1', 'classifier': 'fc',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+def _model_cfg(model_def: _ModelDef) -> Dict[str, Any]:
+    m = model_def.mechanism
+    paper = dict(paper_name=m.paper_name, paper_ids=m.paper_id) if m is not None else dict(
+        paper_name='Deep Residual Learning for Image Recognition', paper_ids='arXiv:1512.03385')
+    if model_def.cifar:
+        return _cfg(
+            num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0,
+            mean=CIFAR_DEFAULT_MEAN, std=CIFAR_DEFAULT_STD, **paper)
+    return _cfg(**paper)
+
+
+# timm reads ``default_cfgs`` when ``register_model`` runs, so it must be defined above the entrypoints.
+default_cfgs = generate_default_cfgs({name: _model_cfg(d) for name, d in _MODEL_DEFS.items()})
+
+
+def _use_cifar_stem(model: ResNet) -> None:
+    """Swap the 7x7/2 stem conv and max-pool for a 3x3/1 conv, and fix the feature reductions to match."""
+    old = model.conv1
+    model.conv1 = nn.Conv2d(
+        old.in_channels, old.out_channels, kernel_size=3, padding=1, bias=False,
+        device=old.weight.device, dtype=old.weight.dtype,
+    )
+    nn.init.kaiming_normal_(model.conv1.weight, mode='fan_out', nonlinearity='relu')  # as ResNet.init_weights
+    model.maxpool = nn.Identity()
+    model.feature_info[0]['reduction'] = 1  # stem conv stride 2 -> 1
+    for info in model.feature_info[1:]:
+        info['reduction'] //= 4  # and no max-pool
+
+
+def _keep_attn_stages(model: ResNet, stages: Tuple[int, ...]) -> None:
+    """Remove the attention layer (block attribute ``se``) from every block outside ``stages``."""
+    for stage_idx in range(1, _NUM_STAGES + 1):
+        if stage_idx not in stages:
+            for block in getattr(model, f'layer{stage_idx}'):
+                del block.se
+                block.se = None  # a plain attribute, exactly as timm's blocks hold "no attention"
+
+
+def _build_resnet(cifar_stem: bool = False, attn_stages: Optional[Tuple[int, ...]] = None, **kwargs: Any) -> ResNet:
+    model = ResNet(**kwargs)
+    if cifar_stem:
+        _use_cifar_stem(model)
+    if attn_stages is not None:
+        _keep_attn_stages(model, attn_stages)
+    return model
+
+
+def _check_attn_stages(variant: str, attn_stages: Any) -> Tuple[int, ...]:
+    try:
+        stages = tuple(attn_stages)
+    except TypeError:
+        stages = None
+    valid = range(1, _NUM_STAGES + 1)
+    if stages is None or any(isinstance(s, bool) or not isinstance(s, int) or s not in valid for s in stages):
+        raise ValueError(
+            f'{variant}: attn_stages={attn_stages!r} is not allowed; expected a sequence of stage numbers from '
+            f'{tuple(valid)} (layer1-layer4).')
+    return stages
+
+
+def _create_attn_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
+    model_def = _MODEL_DEFS[variant]
+    block, layers = _DEPTHS[model_def.depth]
+    model_args: Dict[str, Any] = dict(block=block, layers=layers)
+    m = model_def.mechanism
+    if m is not None:
+        attn_kwargs = kwargs.pop('attn_kwargs', None) or {}
+        if not isinstance(attn_kwargs, dict):
+            raise ValueError(f'{variant}: attn_kwargs={attn_kwargs!r} is not allowed; expected a dict.')
+        attn_layer: Callable[..., nn.Module] = get_attn(m.name)
+        if attn_kwargs:
+            attn_layer = partial(attn_layer, **attn_kwargs)
+        model_args['block_args'] = {'attn_layer': attn_layer, **(kwargs.pop('block_args', None) or {})}
+        model_args['attn_stages'] = _check_attn_stages(variant, kwargs.pop('attn_stages', m.stages))
+    if model_def.cifar:
+        for key in ('stem_type', 'stem_width', 'replace_stem_pool'):
+            if key in kwargs:
+                raise ValueError(
+                    f'{variant}: {key}={kwargs[key]!r} is not allowed; CIFAR models have a fixed 3x3 stride-1 stem.')
+        model_args['cifar_stem'] = True
+    return build_model_with_cfg(_build_resnet, variant, pretrained, **dict(model_args, **kwargs))
+
+
+def _entrypoint(name: str) -> Callable[..., ResNet]:
+    model_def = _MODEL_DEFS[name]
+    title = model_def.mechanism.title + '-' if model_def.mechanism is not None else ''
+    where = 'CIFAR stem (3x3 stride 1, no max-pool), 32x32 input' if model_def.cifar else 'ImageNet stem'
+
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> ResNet:
+        return _create_attn_resnet(name, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f'{title}ResNet-{model_def.depth}, {where}.'
+    return register_model(entrypoint)
+
+
+for _name in _MODEL_DEFS:
+    globals()[_name] = _entrypoint(_name)
