@@ -1,0 +1,157 @@
+""" The timm-gct command: list (numbers measured from the models) and run (scripts with the plugin imported). """
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+
+import pytest
+import timm
+import torch
+
+from timm_gct.cli import main
+from timm_gct.layers import GlobalContextBlock
+from timm_gct.stats import measure, plain_twin
+
+
+def _run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_prints_every_registered_model(capsys):
+    code, out, _ = _run_cli(capsys, 'list')
+    assert code == 0
+    lines = out.splitlines()
+    assert 'model' in lines[1] and 'GMACs' in lines[1]
+    listed = [line.split()[0] for line in lines[2:]]
+    assert listed == timm.list_models(module='attn_resnet')
+
+
+def test_list_numbers_are_measured_from_the_models(capsys):
+    code, out, _ = _run_cli(capsys, 'list', 'gct_resnet18_cifar', 'gc_resnet50', '--format', 'csv')
+    assert code == 0
+    rows = {r['model']: r for r in csv.DictReader(io.StringIO(out))}
+    assert set(rows) == {'gct_resnet18_cifar', 'gc_resnet50'}
+    for name, row in rows.items():
+        model = timm.create_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        assert row['params (M)'] == f'{params / 1e6:.2f}'
+        plain = sum(p.numel() for p in timm.create_model(plain_twin(name)).parameters())
+        assert row['added params'] == f'{params - plain:+,}'
+    assert rows['gc_resnet50']['mechanism'] == 'GC' and rows['gc_resnet50']['attn stages'] == '2,3,4'
+
+
+def _reference_macs(model, input_size):
+    """Independent count from hooks on a real forward pass: every Conv2d and Linear, and the GC block's attention
+    pooling (a (C x HW) @ (HW x 1) product, i.e. C * H * W multiply-accumulates per sample)."""
+    total = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total.append(output.numel() * k)
+        elif isinstance(module, torch.nn.Linear):
+            total.append(output.numel() * module.in_features)
+        else:
+            total.append(inputs[0].numel())
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, GlobalContextBlock)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model.eval()(torch.randn(1, *input_size))
+    return sum(total)
+
+
+@pytest.mark.parametrize('name', ['gct_resnet18_cifar', 'gc_resnet18_cifar', 'nam_resnet50', 'resnet50_cifar'])
+def test_gmacs_agree_with_an_independent_count(name):
+    model = timm.create_model(name)
+    assert measure(name).macs == _reference_macs(model, model.pretrained_cfg['input_size'])
+
+
+def test_list_json_and_patterns(capsys):
+    code, out, _ = _run_cli(capsys, 'list', 'nam_*', '--format', 'json')
+    assert code == 0
+    data = json.loads(out)
+    assert [d['name'] for d in data] == timm.list_models('nam_*')
+    assert all(d['mechanism'] == 'NAM' and d['added_params'] > 0 for d in data)
+
+
+def test_list_unknown_pattern_fails_clearly(capsys):
+    code, _, err = _run_cli(capsys, 'list', 'vit_*')
+    assert code == 2
+    assert 'no registered model matches vit_*' in err
+
+
+_SCRIPT = textwrap.dedent('''
+    import sys, timm
+    print('registered', timm.is_model('gct_resnet18'))
+    print('argv', sys.argv[1:])
+    print('name', __name__)
+    sys.exit(int(sys.argv[-1]))
+''')
+
+
+def _python_m(*args, cwd=None):
+    env = dict(os.environ, HF_HUB_OFFLINE='1')
+    return subprocess.run([sys.executable, '-m', 'timm_gct', *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_run_executes_a_script_as_main_with_the_plugin_imported(tmp_path):
+    script = tmp_path / 'validate.py'
+    script.write_text(_SCRIPT)
+    result = _python_m('run', str(script), '--model', 'gct_resnet18', '--flag', '0')
+    assert result.returncode == 0, result.stderr
+    assert 'registered True' in result.stdout
+    assert "argv ['--model', 'gct_resnet18', '--flag', '0']" in result.stdout
+    assert 'name __main__' in result.stdout
+
+
+def test_run_passes_the_scripts_exit_code_through(tmp_path):
+    script = tmp_path / 'fails.py'
+    script.write_text(_SCRIPT)
+    assert _python_m('run', str(script), '3').returncode == 3
+
+
+def _fake_checkout(tmp_path):
+    """A directory like a pytorch-image-models checkout: a script beside a timm/ package that must not be used."""
+    checkout = tmp_path / 'checkout'
+    (checkout / 'timm').mkdir(parents=True)
+    (checkout / 'timm' / '__init__.py').write_text('raise ImportError("the checkout timm was imported")\n')
+    script = checkout / 'benchmark.py'
+    script.write_text(_SCRIPT)
+    return checkout, script
+
+
+def test_run_uses_the_installed_timm_for_a_script_beside_a_checkouts_timm_folder(tmp_path):
+    # `python checkout/benchmark.py` would import checkout/timm; the runner has imported the installed timm first.
+    checkout, script = _fake_checkout(tmp_path)
+    result = _python_m('run', str(script), '0', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'registered True' in result.stdout
+
+
+def test_console_script_run_from_inside_a_checkout(tmp_path):
+    checkout, script = _fake_checkout(tmp_path)
+    console_script = os.path.join(os.path.dirname(sys.executable), 'timm-gct')
+    result = subprocess.run(
+        [console_script, 'run', 'benchmark.py', '0'], capture_output=True, text=True, cwd=checkout,
+        env=dict(os.environ, HF_HUB_OFFLINE='1'))
+    assert result.returncode == 0, result.stderr
+    assert 'registered True' in result.stdout
+
+
+def test_run_missing_script_fails_clearly(tmp_path):
+    result = _python_m('run', str(tmp_path / 'nope.py'))
+    assert result.returncode == 2
+    assert 'is not a file' in result.stderr
+
+
+def test_console_script_is_declared():
+    scripts = {ep.name: ep.value for ep in entry_points(group='console_scripts')}
+    assert scripts.get('timm-gct') == 'timm_gct.cli:main'

@@ -1,0 +1,69 @@
+""" Model statistics measured from the model itself: parameter counts and MACs.
+
+Nothing here is typed in by hand. Models are built on the meta device, so measuring even a ResNet-152 allocates no
+memory and runs no arithmetic: ``torch.utils.flop_counter`` counts the multiply-accumulates of convolutions,
+matrix products and linear layers from tensor shapes alone (elementwise ops such as a channel gate are not counted,
+as in timm's model cards).
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import model_mechanism
+
+__all__ = ['ModelStats', 'measure', 'plain_twin']
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    name: str
+    mechanism: str  # mechanism title, '-' for a plain ResNet
+    attn_stages: Tuple[int, ...]  # stages (1-4) holding attention layers, () for none
+    params: int
+    plain_params: int  # parameters of the plain ResNet twin (same depth and stem)
+    macs: int
+    input_size: Tuple[int, int, int]
+
+    @property
+    def added_params(self) -> int:
+        return self.params - self.plain_params
+
+
+def plain_twin(model_name: str) -> str:
+    """Plain ResNet of equal depth and stem: ``gct_resnet50`` -> ``resnet50``, ``*_cifar`` -> ``resnet*_cifar``."""
+    arch = model_name.split('.')[0]
+    return arch[arch.index('resnet'):]
+
+
+def _macs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, *input_size, device='meta'))
+    return counter.get_total_flops() // 2
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _attn_stages(model: torch.nn.Module) -> Tuple[int, ...]:
+    return tuple(i for i in range(1, 5) if any(b.se is not None for b in getattr(model, f'layer{i}')))
+
+
+def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) -> ModelStats:
+    """Measure a model registered by timm_gct at its default input size (or ``input_size``), batch size 1."""
+    mechanism = model_mechanism(model_name)
+    model = timm.create_model(model_name, device='meta').eval()
+    plain = timm.create_model(plain_twin(model_name), device='meta')
+    input_size = tuple(input_size or model.pretrained_cfg['input_size'])
+    return ModelStats(
+        name=model_name,
+        mechanism=mechanism.title if mechanism is not None else '-',
+        attn_stages=_attn_stages(model),
+        params=_params(model),
+        plain_params=_params(plain),
+        macs=_macs(model, input_size),
+        input_size=input_size,
+    )
