@@ -49,7 +49,8 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def _attn_stages(model: torch.nn.Module) -> Tuple[int, ...]:
-    return tuple(i for i in range(1, 5) if any(b.se is not None for b in getattr(model, f'layer{i}')))
+    return tuple(i for i in range(1, 5) if any(
+        getattr(b, 'se', None) is not None for b in getattr(model, f'layer{i}').children()))
 
 
 def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) -> ModelStats:

@@ -20,7 +20,9 @@ def test_every_family_is_registered_with_timm():
     assert sorted(timm.list_models('gc_resnet*')) == _expected_names('gc')
     assert sorted(timm.list_models('resnet*_cifar')) == ['resnet18_cifar', 'resnet34_cifar', 'resnet50_cifar']
     assert 'attn_resnet' in timm.list_modules()
-    assert len(timm.list_models(module='attn_resnet')) == 27
+    assert len(timm.list_models(module='attn_resnet')) == 3 + 8 * len(MECHANISMS)
+    for m in MECHANISMS.values():
+        assert sorted(timm.list_models(f'{m.name}_resnet*')) == _expected_names(m.name)
 
 
 def test_models_have_cfgs_and_no_weights_yet():
@@ -109,6 +111,36 @@ def test_cifar_stem_shapes_and_feature_info(name):
     features = timm.create_model(name, features_only=True).eval()(x)
     assert [f.shape[-1] for f in features] == [32, 32, 16, 8, 4]
     assert model(x).shape == (2, 10)
+
+
+def test_attn_blocks_last_keeps_only_the_last_block_of_each_stage():
+    model = timm.create_model('gct_resnet50', attn_blocks='last', device='meta')
+    for i, n in enumerate((3, 4, 6, 3), 1):
+        assert [block.se is not None for block in getattr(model, f'layer{i}')] == [False] * (n - 1) + [True]
+    with pytest.raises(ValueError, match=r"gct_resnet50: attn_blocks='first' is not allowed; expected one of 'all', "
+                                         r"'last'"):
+        timm.create_model('gct_resnet50', attn_blocks='first')
+
+
+@pytest.mark.parametrize('name,avg_down', [('gct_resnet50', False), ('gct_resnet18', False), ('gct_resnet50', True)])
+def test_layer4_stride_one_keeps_layer3_resolution(name, avg_down):
+    model = timm.create_model(name, layer4_stride=1, avg_down=avg_down).eval()
+    assert model.feature_info[-1]['reduction'] == 16
+    x = torch.randn(1, 3, 64, 64)
+    assert model.forward_features(x).shape[-2:] == (4, 4)
+    features = timm.create_model(name, layer4_stride=1, avg_down=avg_down, features_only=True).eval()(x)
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 4, 4]
+    # only a stride changes (no dilation, as in the official GSoP-Net): same parameters
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in timm.create_model(name, avg_down=avg_down).parameters())
+
+
+def test_bad_layer4_stride():
+    with pytest.raises(ValueError, match=r'gct_resnet18: layer4_stride=3 is not allowed; expected one of 2, 1'):
+        timm.create_model('gct_resnet18', layer4_stride=3)
+    with pytest.raises(ValueError, match=r'layer4_stride=1 is only supported for a layer4 that downsamples with a '
+                                         r'strided conv'):
+        timm.create_model('gct_resnet18', layer4_stride=1, output_stride=16)
 
 
 def test_cifar_stem_rejects_stem_options():

@@ -15,8 +15,8 @@ def check_channels(layer: str, channels: Any) -> None:
 
 
 def check_choice(layer: str, name: str, value: Any, allowed: Collection[Any]) -> None:
-    """Require ``value`` to be one of ``allowed``."""
-    if value not in allowed:
+    """Require ``value`` to be one of ``allowed`` (True / False are not 1 / 0 here)."""
+    if not any(a == value and isinstance(a, bool) == isinstance(value, bool) for a in allowed):
         choices = ', '.join(repr(a) for a in allowed)
         raise ValueError(f'{layer}: {name}={value!r} is not allowed; expected one of {choices}.')
 

@@ -2,10 +2,16 @@
 
 Every model is timm's own ``ResNet`` with an attention layer from ``timm_gct.layers`` passed through its
 ``block_args=dict(attn_layer=...)`` hook, which puts one layer in each residual block after the last BN, before
-drop-path and the residual add. Two small post-construction steps cover what the hook cannot express:
+drop-path and the residual add (the block attribute ``se``). Small post-construction steps cover what the hook
+cannot express, all applied before any weights are loaded:
 
-* stage selection (``attn_stages``): attention stays only in the chosen stages, e.g. c3-c5 for the GC block as in
-  its official configs; the layers of the other stages are removed before any weights are loaded;
+* stage and block selection (``attn_stages``, ``attn_blocks``): attention stays only in the chosen stages, and
+  optionally only in their last block (GC: stages 2-4 as in its official configs; GSoP: the last block of each
+  stage); the other blocks' layers are removed;
+* per-stage layer settings (e.g. ECA's kernel sizes, FcaNet's DCT sizes): passed by the hook keyed on the block
+  width, which differs from stage to stage in these ResNets;
+* ``layer4_stride``: 1 keeps layer3's resolution in layer4 without dilation (official GSoP-Net);
+* stage wrappers, for a mechanism whose layer is shared by all blocks of a stage (DIANet);
 * the CIFAR stem of the ``*_cifar`` models: a 3x3 stride-1 stem conv and no max-pool, so stages run at 1/1, 1/2,
   1/4 and 1/8 of a 32x32 input (``feature_info`` reductions are updated to match).
 
@@ -13,8 +19,11 @@ Models: ``<mechanism>_resnet{18,34,50,101,152}`` (ImageNet stem), ``<mechanism>_
 plain baselines ``resnet{18,34,50}_cifar``. Model kwargs on top of timm's ResNet ones:
 
 * ``attn_kwargs``: dict of keyword arguments for the attention layer, e.g. ``{'sparsity': 1e-4}`` for NAM or
-  ``{'rd_ratio': 0.25}`` for GC r4 (train.py: ``--model-kwargs "attn_kwargs={'rd_ratio': 0.25}"``);
-* ``attn_stages``: the stages (1-4, as in ``layer1``-``layer4``) that keep attention.
+  ``{'rd_ratio': 0.25}`` for GC r4 (train.py: ``--model-kwargs "attn_kwargs={'rd_ratio': 0.25}"``); they override
+  per-stage settings;
+* ``attn_stages``: the stages (1-4, as in ``layer1``-``layer4``) that keep attention;
+* ``attn_blocks``: 'all' blocks of those stages, or only the 'last' one;
+* ``layer4_stride``: 2 (standard) or 1.
 
 Papers:
 * ResNet: `Deep Residual Learning for Image Recognition` - https://arxiv.org/abs/1512.03385
@@ -32,6 +41,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import get_attn
+from ..layers._checks import check_choice
+from ..layers.dia import DIAStage
 
 __all__ = ['Mechanism', 'MECHANISMS', 'model_mechanism']  # register_model adds each entrypoint fn to this
 
@@ -49,15 +60,22 @@ _DEPTHS: Dict[int, Tuple[Type[Union[BasicBlock, Bottleneck]], Tuple[int, ...]]] 
 _NUM_STAGES = 4
 
 
+StageKwargs = Callable[[int, bool], Tuple[Dict[str, Any], ...]]  # (depth, cifar) -> layer kwargs for stages 1-4
+
+
 @dataclass(frozen=True)
 class Mechanism:
-    """One attention mechanism: its layer name in ``timm_gct.layers``, official placement and paper."""
-    name: str  # model name prefix and ``timm_gct.layers.get_attn`` name
+    """One attention mechanism: its layer, official placement and paper."""
+    name: str  # model name prefix, and the layer's name in ``timm_gct.layers.get_attn`` (unless stage_wrapper)
     title: str
     paper_name: str
     paper_id: str
     code: str
     stages: Tuple[int, ...] = (1, 2, 3, 4)  # official placement: stages (1-4) whose blocks carry the layer
+    blocks: str = 'all'  # 'all' blocks of those stages, or only the 'last' one
+    stage_kwargs: Optional[StageKwargs] = None  # official per-stage layer settings
+    layer4_stride: int = 2  # ImageNet-stem models; the CIFAR models keep the plain twin's stride 2
+    stage_wrapper: Optional[Callable[..., nn.Module]] = None  # (blocks, channels, device, dtype) -> stage module
     depths: Tuple[int, ...] = (18, 34, 50, 101, 152)
     cifar_depths: Tuple[int, ...] = (18, 34, 50)
 
@@ -72,6 +90,9 @@ MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
     Mechanism(
         'gc', 'GC', 'GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond', 'arXiv:1904.11492',
         'https://github.com/xvjiarui/GCNet', stages=(2, 3, 4)),
+    Mechanism(
+        'dia', 'DIA', 'DIANet: Dense-and-Implicit Attention Network', 'arXiv:1905.10671',
+        'https://github.com/gbup-group/DIANet', stage_wrapper=DIAStage),
 )}
 
 
@@ -117,7 +138,8 @@ def _model_cfg(model_def: _ModelDef) -> Dict[str, Any]:
         return _cfg(
             num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0,
             mean=CIFAR_DEFAULT_MEAN, std=CIFAR_DEFAULT_STD, **paper)
-    return _cfg(**paper)
+    pool = 7 if m is None or m.layer4_stride == 2 else 14
+    return _cfg(pool_size=(pool, pool), **paper)
 
 
 # timm reads ``default_cfgs`` when ``register_model`` runs, so it must be defined above the entrypoints.
@@ -138,21 +160,57 @@ def _use_cifar_stem(model: ResNet) -> None:
         info['reduction'] //= 4  # and no max-pool
 
 
-def _keep_attn_stages(model: ResNet, stages: Tuple[int, ...]) -> None:
-    """Remove the attention layer (block attribute ``se``) from every block outside ``stages``."""
+def _set_layer4_stride(model: ResNet, stride: int) -> None:
+    """Stride 1 in layer4's first block (its strided conv and downsample path): layer4 keeps layer3's resolution."""
+    if stride == 2:
+        return
+    block = model.layer4[0]
+    conv = block.conv2 if isinstance(block, Bottleneck) else block.conv1
+    if conv.stride != (2, 2) or not isinstance(block.aa, nn.Identity):
+        raise ValueError(
+            f'layer4_stride={stride} is only supported for a layer4 that downsamples with a strided conv (not with '
+            f'output_stride < 32 or an anti-aliasing layer).')
+    conv.stride = (1, 1)
+    for name, m in block.downsample.named_children():
+        if isinstance(m, nn.Conv2d):
+            m.stride = (1, 1)
+        elif isinstance(m, nn.AvgPool2d):  # avg_down
+            setattr(block.downsample, name, nn.Identity())
+    model.feature_info[-1]['reduction'] //= 2
+
+
+def _prune_attn(model: ResNet, stages: Tuple[int, ...], blocks: str) -> None:
+    """Remove the attention layer (block attribute ``se``) from every block outside the placement."""
     for stage_idx in range(1, _NUM_STAGES + 1):
-        if stage_idx not in stages:
-            for block in getattr(model, f'layer{stage_idx}'):
+        stage_blocks = list(getattr(model, f'layer{stage_idx}').children())
+        for block_idx, block in enumerate(stage_blocks):
+            if stage_idx not in stages or (blocks == 'last' and block_idx < len(stage_blocks) - 1):
                 del block.se
                 block.se = None  # a plain attribute, exactly as timm's blocks hold "no attention"
 
 
-def _build_resnet(cifar_stem: bool = False, attn_stages: Optional[Tuple[int, ...]] = None, **kwargs: Any) -> ResNet:
+def _wrap_stages(model: ResNet, wrapper: Callable[..., nn.Module], stages: Tuple[int, ...], **dd: Any) -> None:
+    for stage_idx in stages:
+        name = f'layer{stage_idx}'
+        setattr(model, name, wrapper(getattr(model, name), model.feature_info[stage_idx]['num_chs'], **dd))
+
+
+def _build_resnet(
+        cifar_stem: bool = False,
+        layer4_stride: int = 2,
+        attn_stages: Optional[Tuple[int, ...]] = None,
+        attn_blocks: str = 'all',
+        stage_wrapper: Optional[Callable[..., nn.Module]] = None,
+        **kwargs: Any,
+) -> ResNet:
     model = ResNet(**kwargs)
     if cifar_stem:
         _use_cifar_stem(model)
-    if attn_stages is not None:
-        _keep_attn_stages(model, attn_stages)
+    _set_layer4_stride(model, layer4_stride)
+    if stage_wrapper is not None:
+        _wrap_stages(model, stage_wrapper, attn_stages, device=kwargs.get('device'), dtype=kwargs.get('dtype'))
+    elif attn_stages is not None:
+        _prune_attn(model, attn_stages, attn_blocks)
     return model
 
 
@@ -169,20 +227,50 @@ def _check_attn_stages(variant: str, attn_stages: Any) -> Tuple[int, ...]:
     return stages
 
 
+def _attn_factory(
+        variant: str,
+        layer: Callable[..., nn.Module],
+        attn_kwargs: Dict[str, Any],
+        stage_kwargs: Optional[Tuple[Dict[str, Any], ...]],
+        widths: Tuple[int, ...],
+) -> Callable[..., nn.Module]:
+    """The ``attn_layer`` for the hook; per-stage settings are looked up by the block width the hook passes."""
+    if not stage_kwargs:
+        return partial(layer, **attn_kwargs) if attn_kwargs else layer
+    if len(set(widths)) != len(widths):
+        raise ValueError(
+            f'{variant}: per-stage attention settings need a different width in every stage; got stage widths '
+            f'{widths}.')
+    by_width = dict(zip(widths, stage_kwargs))
+
+    def make(channels: int, **kwargs: Any) -> nn.Module:
+        return layer(channels, **{**by_width[channels], **attn_kwargs}, **kwargs)
+    return make
+
+
 def _create_attn_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
     model_def = _MODEL_DEFS[variant]
     block, layers = _DEPTHS[model_def.depth]
     model_args: Dict[str, Any] = dict(block=block, layers=layers)
     m = model_def.mechanism
+    layer4_stride = 2
     if m is not None:
         attn_kwargs = kwargs.pop('attn_kwargs', None) or {}
         if not isinstance(attn_kwargs, dict):
             raise ValueError(f'{variant}: attn_kwargs={attn_kwargs!r} is not allowed; expected a dict.')
-        attn_layer: Callable[..., nn.Module] = get_attn(m.name)
-        if attn_kwargs:
-            attn_layer = partial(attn_layer, **attn_kwargs)
-        model_args['block_args'] = {'attn_layer': attn_layer, **(kwargs.pop('block_args', None) or {})}
         model_args['attn_stages'] = _check_attn_stages(variant, kwargs.pop('attn_stages', m.stages))
+        model_args['attn_blocks'] = kwargs.pop('attn_blocks', m.blocks)
+        check_choice(variant, 'attn_blocks', model_args['attn_blocks'], ('all', 'last'))
+        if m.stage_wrapper is not None:
+            model_args['stage_wrapper'] = partial(m.stage_wrapper, **attn_kwargs)
+        else:
+            widths = tuple(c * block.expansion for c in kwargs.get('channels', (64, 128, 256, 512)))
+            stage_kwargs = m.stage_kwargs(model_def.depth, model_def.cifar) if m.stage_kwargs else None
+            attn_layer = _attn_factory(variant, get_attn(m.name), attn_kwargs, stage_kwargs, widths)
+            model_args['block_args'] = {'attn_layer': attn_layer, **(kwargs.pop('block_args', None) or {})}
+        layer4_stride = 2 if model_def.cifar else m.layer4_stride
+    model_args['layer4_stride'] = kwargs.pop('layer4_stride', layer4_stride)
+    check_choice(variant, 'layer4_stride', model_args['layer4_stride'], (2, 1))
     if model_def.cifar:
         for key in ('stem_type', 'stem_width', 'replace_stem_pool'):
             if key in kwargs:
