@@ -12,9 +12,9 @@ from timm.models import create_model
 from timm.models.cspnet import BottleneckBlock
 
 from timm_gct.layers import (
-    GatedChannelTransform, GlobalContextBlock, NormalizationAttention, get_attn, list_attn,
+    DenseImplicitAttention, EfficientChannelAttention, GatedChannelTransform, GlobalContextBlock,
+    NormalizationAttention, StyleRecalibration, TripletAttention, get_attn, list_attn,
 )
-from timm_gct.layers.dia import DenseImplicitAttention
 
 LAYERS = {
     'gct': GatedChannelTransform,
@@ -25,6 +25,11 @@ LAYERS = {
     'gc_mul_add_avg': lambda c, **kw: GlobalContextBlock(
         c, pooling_type='avg', fusion_types=('channel_mul', 'channel_add'), **kw),
     'dia': DenseImplicitAttention,
+    'triplet': TripletAttention,
+    'triplet_k3_no_spatial': lambda c, **kw: TripletAttention(c, kernel_size=3, no_spatial=True, **kw),
+    'eca': EfficientChannelAttention,
+    'eca_k5': lambda c, **kw: EfficientChannelAttention(c, kernel_size=5, **kw),
+    'srm': StyleRecalibration,
 }
 NAMES = list(LAYERS)
 
@@ -136,7 +141,8 @@ def test_get_attn_knows_our_names_case_insensitively():
     assert get_attn('gct') is GatedChannelTransform
     assert get_attn('NAM') is NormalizationAttention
     assert get_attn('gc') is GlobalContextBlock  # shadows timm's 'gc' (GlobalContext, scale fusion)
-    assert list_attn() == ['gc', 'gct', 'nam']
+    assert get_attn('eca') is EfficientChannelAttention  # shadows timm's 'eca' (kernel size from the width)
+    assert set(list_attn()) >= {'gc', 'gct', 'nam', 'triplet', 'eca', 'srm'}
 
 
 def test_get_attn_falls_back_to_timm():
@@ -147,7 +153,7 @@ def test_get_attn_falls_back_to_timm():
 
 
 def test_get_attn_unknown_name_is_a_value_error_naming_the_value():
-    with pytest.raises(ValueError, match=r"attn_type='nope'.*\['gc', 'gct', 'nam'\]"):
+    with pytest.raises(ValueError, match=r"attn_type='nope' is not a known attention name; expected one of \['"):
         get_attn('nope')
 
 

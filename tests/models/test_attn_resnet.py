@@ -1,4 +1,7 @@
 """ The registration table: names, cfgs, placement, CIFAR stems, kwargs and identity-at-init at model level. """
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -22,7 +25,15 @@ def test_every_family_is_registered_with_timm():
     assert 'attn_resnet' in timm.list_modules()
     assert len(timm.list_models(module='attn_resnet')) == 3 + 8 * len(MECHANISMS)
     for m in MECHANISMS.values():
-        assert sorted(timm.list_models(f'{m.name}_resnet*')) == _expected_names(m.name)
+        assert sorted(timm.list_models(f'{m.name}_resnet*', module='attn_resnet')) == _expected_names(m.name)
+
+
+def test_no_registered_name_shadows_a_timm_model():
+    # timm's register_model silently replaces (with a warning) a model of the same name; none of ours may do that.
+    code = ('import timm; before = set(timm.list_models()); import timm_gct; '
+            "print(sorted(before & set(timm.list_models(module='attn_resnet'))))")
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == '[]'
 
 
 def test_models_have_cfgs_and_no_weights_yet():
@@ -75,6 +86,26 @@ def test_bad_attn_stages_is_a_value_error(stages):
     with pytest.raises(ValueError, match=r'gct_resnet18: attn_stages=.* expected a sequence of stage numbers from '
                                          r'\(1, 2, 3, 4\)'):
         timm.create_model('gct_resnet18', attn_stages=stages)
+
+
+@pytest.mark.parametrize('name,kernels', [
+    ('eca_resnet18', (3, 5, 7, 7)), ('eca_resnet34', (3, 3, 5, 7)), ('eca_resnet50', (3, 5, 5, 7)),
+    ('eca_resnet101', (3, 3, 5, 7)), ('eca_resnet152', (3, 3, 5, 7)), ('eca_resnet50_cifar', (3, 5, 5, 7)),
+])
+def test_per_stage_layer_settings_reach_every_block(name, kernels):
+    """The released ECA-Net kernel sizes per stage (eca_resnet18_k3577, eca_resnet50_k3557, ..._k3357)."""
+    model = timm.create_model(name, device='meta')
+    for i, k in enumerate(kernels, 1):
+        assert {block.se.conv.kernel_size[0] for block in getattr(model, f'layer{i}')} == {k}
+    # attn_kwargs override the per-stage settings
+    model = timm.create_model(name, attn_kwargs=dict(kernel_size=9), device='meta')
+    assert {b.se.conv.kernel_size[0] for i in range(1, 5) for b in getattr(model, f'layer{i}')} == {9}
+
+
+def test_per_stage_layer_settings_need_distinct_stage_widths():
+    with pytest.raises(ValueError, match=r'eca_resnet18: per-stage attention settings need a different width in '
+                                         r'every stage; got stage widths \(64, 64, 128, 128\)'):
+        timm.create_model('eca_resnet18', channels=(64, 64, 128, 128))
 
 
 def test_attn_kwargs_reach_the_layer():

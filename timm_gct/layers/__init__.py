@@ -8,17 +8,29 @@ from typing import Any, Callable, Dict, List, Optional
 import timm.layers
 from torch import nn
 
+from .dia import DenseImplicitAttention, DIAStage
+from .eca import EfficientChannelAttention
 from .gct import GatedChannelTransform
 from .global_context import GlobalContextBlock
 from .nam import NormalizationAttention
+from .srm import StyleRecalibration
+from .triplet import TripletAttention
 
-__all__ = ['GatedChannelTransform', 'GlobalContextBlock', 'NormalizationAttention', 'get_attn', 'list_attn']
+__all__ = [
+    'DenseImplicitAttention', 'DIAStage', 'EfficientChannelAttention', 'GatedChannelTransform', 'GlobalContextBlock',
+    'NormalizationAttention', 'StyleRecalibration', 'TripletAttention', 'get_attn', 'list_attn',
+]
 
-# Names are lower case. 'gc' shadows timm's own 'gc' (its GlobalContext, scale fusion) with the official GC block.
+# Names are lower case. 'gc' and 'eca' shadow timm's own: its 'gc' is GlobalContext with scale fusion, its 'eca'
+# derives the kernel size from the channel count. DIA is not here: its cell is shared by the blocks of a stage
+# (DIAStage), which a per-block attention hook cannot express.
 _ATTN_LAYERS: Dict[str, Callable[..., nn.Module]] = {
     'gct': GatedChannelTransform,
     'nam': NormalizationAttention,
     'gc': GlobalContextBlock,
+    'triplet': TripletAttention,
+    'eca': EfficientChannelAttention,
+    'srm': StyleRecalibration,
 }
 
 

@@ -5,7 +5,7 @@ hyper-parameter fails when the model is built rather than deep inside a forward 
 """
 from typing import Any, Collection
 
-__all__ = ['check_channels', 'check_choice', 'check_positive']
+__all__ = ['check_channels', 'check_choice', 'check_odd_kernel', 'check_positive']
 
 
 def check_channels(layer: str, channels: Any) -> None:
@@ -27,3 +27,9 @@ def check_positive(layer: str, name: str, value: Any, allow_zero: bool = False) 
     if not is_number or not (0 <= value if allow_zero else 0 < value) or not value < float('inf'):
         bound = '>= 0' if allow_zero else '> 0'
         raise ValueError(f'{layer}: {name}={value!r} is not allowed; expected a finite number {bound}.')
+
+
+def check_odd_kernel(layer: str, kernel_size: Any) -> None:
+    """Require an odd int >= 1, so that 'same' padding (k - 1) / 2 keeps the size."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'{layer}: kernel_size={kernel_size!r} is not allowed; expected an odd int >= 1.')

@@ -60,6 +60,15 @@ _DEPTHS: Dict[int, Tuple[Type[Union[BasicBlock, Bottleneck]], Tuple[int, ...]]] 
 _NUM_STAGES = 4
 
 
+# Released ECA-Net kernel sizes per stage (checkpoint names eca_resnet18_k3577, ..._k3357, eca_resnet50_k3557); the
+# CIFAR twins reuse their depth's values (no official CIFAR models).
+_ECA_KERNELS = {18: (3, 5, 7, 7), 34: (3, 3, 5, 7), 50: (3, 5, 5, 7), 101: (3, 3, 5, 7), 152: (3, 3, 5, 7)}
+
+
+def _eca_kernel_sizes(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
+    return tuple(dict(kernel_size=k) for k in _ECA_KERNELS[depth])
+
+
 StageKwargs = Callable[[int, bool], Tuple[Dict[str, Any], ...]]  # (depth, cifar) -> layer kwargs for stages 1-4
 
 
@@ -90,6 +99,15 @@ MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
     Mechanism(
         'gc', 'GC', 'GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond', 'arXiv:1904.11492',
         'https://github.com/xvjiarui/GCNet', stages=(2, 3, 4)),
+    Mechanism(
+        'triplet', 'Triplet', 'Rotate to Attend: Convolutional Triplet Attention Module', 'arXiv:2010.03045',
+        'https://github.com/landskape-ai/triplet-attention'),
+    Mechanism(
+        'eca', 'ECA', 'ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks',
+        'arXiv:1910.03151', 'https://github.com/BangguWu/ECANet', stage_kwargs=_eca_kernel_sizes),
+    Mechanism(
+        'srm', 'SRM', 'SRM: A Style-based Recalibration Module for Convolutional Neural Networks',
+        'arXiv:1903.10829', 'https://github.com/hyunjaelee410/style-based-recalibration-module'),
     Mechanism(
         'dia', 'DIA', 'DIANet: Dense-and-Implicit Attention Network', 'arXiv:1905.10671',
         'https://github.com/gbup-group/DIANet', stage_wrapper=DIAStage),

@@ -1,0 +1,98 @@
+""" Style-based Recalibration Module (SRM)
+
+Paper: `SRM: A Style-based Recalibration Module for Convolutional Neural Networks` - https://arxiv.org/abs/1903.10829
+    (ICCV 2019)
+Official code: https://github.com/hyunjaelee410/style-based-recalibration-module (``models/recalibration_modules.py``,
+    ``SRMLayer``; ``models/resnet.py``; ``imagenet.py``, ``set_optimizer``; commit f6221c7)
+
+Math, per sample and channel c of an (N, C, H, W) input x:
+    mu_c    = mean_hw x_c,   sigma_c = sqrt(var_hw(x_c) + eps)       style pooling; var is unbiased (HW - 1), eps 1e-5
+    z_c     = cfc[c, 0] * mu_c + cfc[c, 1] * sigma_c                  channel-wise fully connected layer
+    out_c   = x_c * sigmoid(BN(z)_c)                                  BatchNorm2d(C) on z shaped (N, C, 1, 1)
+cfc starts at zero, so z = 0, BN(z) = beta = 0 and every gate is 0.5 at init. Parameters: 4 C (cfc 2 C, BN 2 C).
+
+Weight decay: the official recipe (``set_optimizer``) trains every SRM parameter (cfc, BN weight and bias) without
+weight decay and all others with 1e-4. timm's optimizer factory (``create_optimizer_v2(model, weight_decay=...)``)
+leaves out of weight decay exactly the parameters with ndim <= 1 (and names ending in '.bias'), so ``cfc`` is stored
+1-D: shape (2 C,), holding the official (C, 2) matrix in its row-major order, [cfc[0, 0], cfc[0, 1], cfc[1, 0], ...],
+i.e. ``cfc.view(C, 2)`` is the official tensor. With that, timm reproduces the official recipe with no extra
+configuration. No official weights were released; a state dict of the official code (``layerX.Y.rclb.*``) converts
+by renaming ``rclb`` -> ``se`` and flattening ``cfc``.
+
+Placement: after the last BN of every residual block of every stage, before the residual add. The official ResNet
+only runs with Bottleneck blocks (its BasicBlock path refers to undefined ``is_ge`` / ``layer_idx`` and cannot be
+built), so the paper's models are ResNet-50/101/152; this layer works in BasicBlock ResNets (18/34) as well.
+
+Inputs it rejects with a ValueError naming the layer (instead of torch's BatchNorm error or a silent NaN):
+* a training batch of one sample: the BN normalises each channel over the batch's N values of z;
+* a 1 x 1 feature map (in any mode): the unbiased variance of a single value is 0 / 0.
+
+Deviations from the official code, all without a change of math:
+* The mean and unbiased variance are computed in float32 (float64 stays float64) and the gate is cast back to the
+  input dtype; in float16 the variance of a map with std above 256 overflows to inf.
+* ``cfc`` is stored 1-D, shape (2 C,), instead of (C, 2), for the weight-decay filter (see above).
+* The two input checks above.
+"""
+from typing import Optional
+
+import torch
+import torch.fx
+from torch import nn
+from timm.layers import LayerType, register_notrace_function
+
+from ._checks import check_channels, check_positive
+from ._guards import check_batch_for_batchnorm, check_min_spatial
+
+__all__ = ['StyleRecalibration']
+
+torch.fx.wrap('check_batch_for_batchnorm')
+torch.fx.wrap('check_min_spatial')
+
+
+@register_notrace_function
+def _style_pool(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-channel (mean, sqrt(unbiased var + eps)) of an NCHW tensor, shape (N, C, 2), in float32 or float64."""
+    acc = x.double() if x.dtype == torch.float64 else x.float()
+    var, mean = torch.var_mean(acc, dim=(2, 3), correction=1)
+    return torch.stack((mean, (var + eps).sqrt()), dim=2)
+
+
+torch.fx.wrap('_style_pool')
+
+
+class StyleRecalibration(nn.Module):
+    """SRM, a drop-in timm ``attn_layer``."""
+
+    def __init__(
+            self,
+            channels: int,
+            eps: float = 1e-5,
+            act_layer: Optional[LayerType] = None,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            channels: Number of input (and output) channels.
+            eps: Added to the variance inside the square root of the style pooling (official 1e-5); must be > 0.
+            act_layer: Accepted and ignored, so the layer also fits timm's cspnet / efficientnet attention hooks.
+        """
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        check_channels(type(self).__name__, channels)
+        check_positive(type(self).__name__, 'eps', eps)
+        self.eps = float(eps)
+        self.cfc = nn.Parameter(torch.zeros(2 * channels, **dd))
+        self.bn = nn.BatchNorm2d(channels, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_min_spatial(x, 2, 'StyleRecalibration', 'the unbiased variance over H x W of one value is 0 / 0')
+        x = check_batch_for_batchnorm(x, self.training, 'StyleRecalibration')
+        B, C, H, W = x.shape
+        z = (_style_pool(x, self.eps) * self.cfc.view(-1, 2)).sum(dim=2)
+        # z is float32 (or float64); the BN runs in the parameters' dtype, as the official layer does.
+        gate = torch.sigmoid(self.bn(z.to(self.cfc.dtype).view(B, C, 1, 1)))
+        return x * gate.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f'{self.bn.num_features}, eps={self.eps}'
