@@ -13,7 +13,8 @@ from timm.models.cspnet import BottleneckBlock
 
 from timm_gct.layers import (
     DenseImplicitAttention, EfficientChannelAttention, GatedChannelTransform, GlobalContextBlock,
-    NormalizationAttention, StyleRecalibration, TripletAttention, get_attn, list_attn,
+    GSoPChannelAttention, MultiSpectralAttention, NormalizationAttention, SecondOrderChannelAttention,
+    StyleRecalibration, TripletAttention, get_attn, list_attn,
 )
 
 LAYERS = {
@@ -30,6 +31,13 @@ LAYERS = {
     'eca': EfficientChannelAttention,
     'eca_k5': lambda c, **kw: EfficientChannelAttention(c, kernel_size=5, **kw),
     'srm': StyleRecalibration,
+    'fca': MultiSpectralAttention,
+    'fca_pooled': lambda c, **kw: MultiSpectralAttention(c, dct_size=14, **kw),
+    'gsop': GSoPChannelAttention,
+    'gsop_stride2': lambda c, **kw: GSoPChannelAttention(c, att_dim=8, stride=2, **kw),
+    # reduction 8 (SOCA's class default): at 32 channels SAN's 16 leaves 2 hidden units, which random biases can kill
+    'soca': lambda c, **kw: SecondOrderChannelAttention(c, reduction=8, **kw),
+    'soca_grouped': lambda c, **kw: SecondOrderChannelAttention(c, reduction=8, cov_group_size=5, **kw),
 }
 NAMES = list(LAYERS)
 

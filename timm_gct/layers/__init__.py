@@ -10,15 +10,19 @@ from torch import nn
 
 from .dia import DenseImplicitAttention, DIAStage
 from .eca import EfficientChannelAttention
+from .fca import MultiSpectralAttention
 from .gct import GatedChannelTransform
 from .global_context import GlobalContextBlock
+from .gsop import GSoPChannelAttention
 from .nam import NormalizationAttention
+from .soca import SecondOrderChannelAttention
 from .srm import StyleRecalibration
 from .triplet import TripletAttention
 
 __all__ = [
     'DenseImplicitAttention', 'DIAStage', 'EfficientChannelAttention', 'GatedChannelTransform', 'GlobalContextBlock',
-    'NormalizationAttention', 'StyleRecalibration', 'TripletAttention', 'get_attn', 'list_attn',
+    'GSoPChannelAttention', 'MultiSpectralAttention', 'NormalizationAttention', 'SecondOrderChannelAttention',
+    'StyleRecalibration', 'TripletAttention', 'get_attn', 'list_attn',
 ]
 
 # Names are lower case. 'gc' and 'eca' shadow timm's own: its 'gc' is GlobalContext with scale fusion, its 'eca'
@@ -31,6 +35,9 @@ _ATTN_LAYERS: Dict[str, Callable[..., nn.Module]] = {
     'triplet': TripletAttention,
     'eca': EfficientChannelAttention,
     'srm': StyleRecalibration,
+    'fca': MultiSpectralAttention,
+    'gsop': GSoPChannelAttention,
+    'soca': SecondOrderChannelAttention,
 }
 
 

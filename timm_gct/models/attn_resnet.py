@@ -69,6 +69,18 @@ def _eca_kernel_sizes(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
     return tuple(dict(kernel_size=k) for k in _ECA_KERNELS[depth])
 
 
+def _fca_dct_sizes(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
+    # Official c2wh: the stage's map size at 224 for both block types. At 32 x 32 (maps 32, 16, 8, 4) a 4 x 4 stage
+    # cannot hold the 7 x 7 frequency grid, so the CIFAR models use 7 everywhere, as the FcaNet authors advise for
+    # other networks and resolutions (cfzd/FcaNet #10, #24).
+    return tuple(dict(dct_size=s) for s in ((7, 7, 7, 7) if cifar else (56, 28, 14, 7)))
+
+
+def _gsop_strides(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
+    # Official: the reduction conv has stride 2 where planes == 64, i.e. in stage 1.
+    return dict(stride=2), {}, {}, {}
+
+
 StageKwargs = Callable[[int, bool], Tuple[Dict[str, Any], ...]]  # (depth, cifar) -> layer kwargs for stages 1-4
 
 
@@ -108,6 +120,16 @@ MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
     Mechanism(
         'srm', 'SRM', 'SRM: A Style-based Recalibration Module for Convolutional Neural Networks',
         'arXiv:1903.10829', 'https://github.com/hyunjaelee410/style-based-recalibration-module'),
+    Mechanism(
+        'fca', 'FcaNet', 'FcaNet: Frequency Channel Attention Networks', 'arXiv:2012.11879',
+        'https://github.com/cfzd/FcaNet', stage_kwargs=_fca_dct_sizes),
+    Mechanism(
+        'gsop', 'GSoP', 'Global Second-order Pooling Convolutional Networks', 'arXiv:1811.12006',
+        'https://github.com/ZilinGao/Global-Second-order-Pooling-Convolutional-Networks', blocks='last',
+        stage_kwargs=_gsop_strides, layer4_stride=1),
+    Mechanism(
+        'soca', 'SoCA', 'Second-Order Attention Network for Single Image Super-Resolution',
+        'doi:10.1109/CVPR.2019.01132', 'https://github.com/daitao/SAN'),
     Mechanism(
         'dia', 'DIA', 'DIANet: Dense-and-Implicit Attention Network', 'arXiv:1905.10671',
         'https://github.com/gbup-group/DIANet', stage_wrapper=DIAStage),
