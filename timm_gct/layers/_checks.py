@@ -5,13 +5,22 @@ hyper-parameter fails when the model is built rather than deep inside a forward 
 """
 from typing import Any, Collection
 
-__all__ = ['check_channels', 'check_choice', 'check_odd_kernel', 'check_positive']
+__all__ = ['check_channels', 'check_choice', 'check_int', 'check_odd_kernel', 'check_positive']
 
 
 def check_channels(layer: str, channels: Any) -> None:
     """Require a positive integer channel count."""
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+    if not _is_int(channels) or channels < 1:
         raise ValueError(f'{layer}: channels={channels!r} is not allowed; expected a positive int.')
+
+
+def check_int(layer: str, name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
+    """Require an int >= ``minimum`` (or None with ``allow_none``)."""
+    if allow_none and value is None:
+        return
+    if not _is_int(value) or value < minimum:
+        none = ' or None' if allow_none else ''
+        raise ValueError(f'{layer}: {name}={value!r} is not allowed; expected an int >= {minimum}{none}.')
 
 
 def check_choice(layer: str, name: str, value: Any, allowed: Collection[Any]) -> None:
@@ -31,5 +40,9 @@ def check_positive(layer: str, name: str, value: Any, allow_zero: bool = False) 
 
 def check_odd_kernel(layer: str, kernel_size: Any) -> None:
     """Require an odd int >= 1, so that 'same' padding (k - 1) / 2 keeps the size."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+    if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f'{layer}: kernel_size={kernel_size!r} is not allowed; expected an odd int >= 1.')
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -8,7 +8,9 @@ module that calls it also calls ``torch.fx.wrap('spatial_sum')`` so that plain `
 import torch
 from timm.layers import register_notrace_function
 
-__all__ = ['spatial_sum']
+from ._precision import acc_dtype
+
+__all__ = ['covariance', 'spatial_sum']
 
 
 @register_notrace_function
@@ -22,10 +24,20 @@ def spatial_sum(x: torch.Tensor, p: int) -> torch.Tensor:
     Returns:
         Tensor of shape (N, C, 1, 1) in float64 if ``x`` is float64, else float32.
     """
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dtype = acc_dtype(x)
     if p == 2:
-        return torch.linalg.vector_norm(x, 2, dim=(2, 3), keepdim=True, dtype=acc_dtype).square()
+        return torch.linalg.vector_norm(x, 2, dim=(2, 3), keepdim=True, dtype=dtype).square()
     if p == 1:
-        return torch.linalg.vector_norm(x, 1, dim=(2, 3), keepdim=True, dtype=acc_dtype)
-    return torch.sum(x, dim=(2, 3), keepdim=True, dtype=acc_dtype)
+        return torch.linalg.vector_norm(x, 1, dim=(2, 3), keepdim=True, dtype=dtype)
+    return torch.sum(x, dim=(2, 3), keepdim=True, dtype=dtype)
+
+
+def covariance(feats: torch.Tensor) -> torch.Tensor:
+    """Biased covariance (1/M)(X - mean)(X - mean)^T of the rows of (..., n, M) features: (..., n, n).
+
+    Formed from the centred features, never from the official M x M centring matrix I_bar = (I - 11^T / M) / M.
+    Callers upcast and switch autocast off (see _precision.py).
+    """
+    feats = feats - feats.mean(dim=-1, keepdim=True)
+    return torch.matmul(feats, feats.transpose(-1, -2)) / feats.shape[-1]
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_choice
+from ._checks import check_channels, check_choice, check_int
 from ._reduce import spatial_sum
 
 __all__ = ['MultiSpectralAttention', 'MultiSpectralDCTLayer', 'dct_filter', 'freq_indices']
@@ -136,12 +136,8 @@ class MultiSpectralAttention(nn.Module):
         name = type(self).__name__
         check_channels(name, channels)
         check_choice(name, 'freq_sel_method', freq_sel_method, _FREQ_METHODS)
-        if isinstance(dct_size, bool) or not isinstance(dct_size, int) or dct_size < 7:
-            raise ValueError(
-                f'{name}: dct_size={dct_size!r} is not allowed; expected an int >= 7 (the frequency indices are '
-                f'scaled by dct_size // 7, which is 0 below 7).')
-        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
-            raise ValueError(f'{name}: reduction={reduction!r} is not allowed; expected an int >= 1.')
+        check_int(name, 'dct_size', dct_size, 7)  # the frequency indices scale by dct_size // 7, which is 0 below 7
+        check_int(name, 'reduction', reduction)
         num_freq = int(freq_sel_method[3:])
         if channels % num_freq:
             raise ValueError(

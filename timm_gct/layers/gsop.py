@@ -34,39 +34,21 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels
+from ._checks import check_channels, check_int
+from ._precision import upcast, without_autocast
+from ._reduce import covariance
 
 __all__ = ['GSoPChannelAttention']
-
-
-def _centred_covariance(z: torch.Tensor) -> torch.Tensor:
-    B, C, H, W = z.shape
-    feats = z.reshape(B, C, H * W)
-    feats = feats - feats.mean(dim=2, keepdim=True)
-    return torch.bmm(feats, feats.transpose(1, 2)) / (H * W)
-
-
-def _autocast_available(device_type: str) -> bool:
-    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.3
-    return available(device_type) if available is not None else device_type in ('cpu', 'cuda')
-
-
-@torch.jit.unused
-def _centred_covariance_autocast_off(z: torch.Tensor) -> torch.Tensor:
-    if not _autocast_available(z.device.type):  # e.g. 'meta', used to count MACs
-        return _centred_covariance(z)
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        return _centred_covariance(z)
 
 
 @register_notrace_function
 def channel_covariance(z: torch.Tensor) -> torch.Tensor:
     """Biased covariance (N, C, C) of the channels of an (N, C, H, W) map, computed in >= float32, in z's dtype."""
-    acc = z.double() if z.dtype == torch.float64 else z.float()
+    feats = upcast(z).flatten(2)
     if torch.jit.is_scripting():
-        cov = _centred_covariance(acc)
+        cov = covariance(feats)
     else:
-        cov = _centred_covariance_autocast_off(acc)
+        cov = without_autocast(covariance, feats)
     return cov.to(z.dtype)
 
 
@@ -96,9 +78,8 @@ class GSoPChannelAttention(nn.Module):
         super().__init__()
         name = type(self).__name__
         check_channels(name, channels)
-        for arg, value in (('att_dim', att_dim), ('stride', stride)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name}: {arg}={value!r} is not allowed; expected an int >= 1.')
+        check_int(name, 'att_dim', att_dim)
+        check_int(name, 'stride', stride)
         self.att_dim = att_dim
         self.stride = stride
         # Submodule names follow the official Bottleneck.

@@ -50,14 +50,11 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_positive
+from ._checks import check_channels, check_int, check_positive
+from ._precision import upcast, without_autocast
+from ._reduce import covariance
 
 __all__ = ['SecondOrderChannelAttention']
-
-
-def _check_int(layer: str, name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'{layer}: {name}={value!r} is not allowed; expected an int >= {minimum}.')
 
 
 def newton_schulz_sqrtm(cov: torch.Tensor, iter_n: int, eps: float) -> torch.Tensor:
@@ -94,37 +91,22 @@ def _newton_schulz_column_mean(
     if padding > 0:
         # Zero channels add zero rows and columns to the covariance, which every step keeps exactly zero.
         feats = torch.cat([feats, feats.new_zeros(B, padding, H * W)], dim=1)
-    feats = feats.reshape(B, groups, group_channels, H * W)
-    feats = feats - feats.mean(dim=-1, keepdim=True)
-    cov = torch.matmul(feats, feats.transpose(-1, -2)) / (H * W)  # (B, G, g, g)
+    cov = covariance(feats.reshape(B, groups, group_channels, H * W))  # (B, G, g, g)
     root = newton_schulz_sqrtm(cov, iter_n, eps)
     # Official column mean over all C rows of the (block-diagonal) C x C root.
     return (root.sum(dim=-2) / C).reshape(B, groups * group_channels)[:, :C]
-
-
-def _autocast_available(device_type: str) -> bool:
-    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.3
-    return available(device_type) if available is not None else device_type in ('cpu', 'cuda')
-
-
-@torch.jit.unused
-def _column_mean_autocast_off(
-        x: torch.Tensor, groups: int, group_channels: int, iter_n: int, eps: float) -> torch.Tensor:
-    if not _autocast_available(x.device.type):  # e.g. 'meta', used to count MACs
-        return _newton_schulz_column_mean(x, groups, group_channels, iter_n, eps)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return _newton_schulz_column_mean(x, groups, group_channels, iter_n, eps)
 
 
 @register_notrace_function
 def second_order_descriptor(
         x: torch.Tensor, groups: int, group_channels: int, iter_n: int, eps: float) -> torch.Tensor:
     """Official SOCA statistic z (N, C) of an (N, C, H, W) map, in float32 (float64 for float64) without autocast."""
-    acc = x.double() if x.dtype == torch.float64 else x.float()
+    acc = upcast(x)
     if torch.jit.is_scripting():
-        # TorchScript cannot disable autocast for a runtime device type.
-        return _newton_schulz_column_mean(acc, groups, group_channels, iter_n, eps)
-    return _column_mean_autocast_off(acc, groups, group_channels, iter_n, eps)
+        z = _newton_schulz_column_mean(acc, groups, group_channels, iter_n, eps)
+    else:
+        z = without_autocast(_newton_schulz_column_mean, acc, groups, group_channels, iter_n, eps)
+    return z
 
 
 torch.fx.wrap('second_order_descriptor')
@@ -158,10 +140,9 @@ class SecondOrderChannelAttention(nn.Module):
         super().__init__()
         name = type(self).__name__
         check_channels(name, channels)
-        _check_int(name, 'reduction', reduction, 1)
-        _check_int(name, 'iter_n', iter_n, 2)
-        if cov_group_size is not None:
-            _check_int(name, 'cov_group_size', cov_group_size, 1)
+        check_int(name, 'reduction', reduction)
+        check_int(name, 'iter_n', iter_n, 2)
+        check_int(name, 'cov_group_size', cov_group_size, allow_none=True)
         check_positive(name, 'eps', eps)
         hidden = channels // reduction
         if hidden < 1:

@@ -42,6 +42,7 @@ from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_channels, check_positive
 from ._guards import check_batch_for_batchnorm, check_min_spatial
+from ._precision import upcast
 
 __all__ = ['StyleRecalibration']
 
@@ -52,8 +53,7 @@ torch.fx.wrap('check_min_spatial')
 @register_notrace_function
 def _style_pool(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-channel (mean, sqrt(unbiased var + eps)) of an NCHW tensor, shape (N, C, 2), in float32 or float64."""
-    acc = x.double() if x.dtype == torch.float64 else x.float()
-    var, mean = torch.var_mean(acc, dim=(2, 3), correction=1)
+    var, mean = torch.var_mean(upcast(x), dim=(2, 3), correction=1)
     return torch.stack((mean, (var + eps).sqrt()), dim=2)
 
 
