@@ -4,4 +4,13 @@ import os
 # Must be set before huggingface_hub is imported: with no network, Hub calls must fail fast, not retry.
 os.environ['HF_HUB_OFFLINE'] = '1'
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 import timm_gct  # noqa: E402,F401  registers the models before timm's test module builds its parameter lists
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same RNG state, so no result depends on which tests ran before it."""
+    torch.manual_seed(0)
