@@ -12,9 +12,9 @@ from timm.models import create_model
 from timm.models.cspnet import BottleneckBlock
 
 from timm_gct.layers import (
-    DenseImplicitAttention, EfficientChannelAttention, GatedChannelTransform, GlobalContextBlock,
-    GSoPChannelAttention, MultiSpectralAttention, NormalizationAttention, SecondOrderChannelAttention,
-    StyleRecalibration, TripletAttention, get_attn, list_attn,
+    BilinearAttention, CrissCrossAttention, DenseImplicitAttention, EfficientChannelAttention, EncodingAttention,
+    GatedChannelTransform, GlobalContextBlock, GSoPChannelAttention, MultiSpectralAttention, NormalizationAttention,
+    SecondOrderChannelAttention, StyleRecalibration, TripletAttention, get_attn, list_attn,
 )
 
 LAYERS = {
@@ -31,13 +31,20 @@ LAYERS = {
     'eca': EfficientChannelAttention,
     'eca_k5': lambda c, **kw: EfficientChannelAttention(c, kernel_size=5, **kw),
     'srm': StyleRecalibration,
-    'fca': MultiSpectralAttention,
-    'fca_pooled': lambda c, **kw: MultiSpectralAttention(c, dct_size=14, **kw),
+    # reduction 4: at 32 channels the official 16 leaves 2 bias-free hidden units, which an input can switch off
+    'fca': lambda c, **kw: MultiSpectralAttention(c, reduction=4, **kw),
+    'fca_pooled': lambda c, **kw: MultiSpectralAttention(c, dct_size=14, reduction=4, **kw),
     'gsop': GSoPChannelAttention,
     'gsop_stride2': lambda c, **kw: GSoPChannelAttention(c, att_dim=8, stride=2, **kw),
     # reduction 8 (SOCA's class default): at 32 channels SAN's 16 leaves 2 hidden units, which random biases can kill
     'soca': lambda c, **kw: SecondOrderChannelAttention(c, reduction=8, **kw),
     'soca_grouped': lambda c, **kw: SecondOrderChannelAttention(c, reduction=8, cov_group_size=5, **kw),
+    'enc': EncodingAttention,
+    'enc_bottleneck': lambda c, **kw: EncodingAttention(c, num_codes=16, rd_ratio=1 / 16, rd_max=4, **kw),
+    'ba': BilinearAttention,
+    'ba_uncapped': lambda c, **kw: BilinearAttention(c, rd_max=None, **kw),
+    'cc': CrissCrossAttention,
+    'cc_once': lambda c, **kw: CrissCrossAttention(c, recurrence=1, **kw),
 }
 NAMES = list(LAYERS)
 

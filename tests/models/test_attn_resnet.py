@@ -13,8 +13,8 @@ DEPTHS = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS = (18, 34, 50)
 
 
-def _expected_names(prefix):
-    return sorted([f'{prefix}_resnet{d}' for d in DEPTHS] + [f'{prefix}_resnet{d}_cifar' for d in CIFAR_DEPTHS])
+def _expected_names(prefix, depths=DEPTHS, cifar_depths=CIFAR_DEPTHS):
+    return sorted([f'{prefix}_resnet{d}' for d in depths] + [f'{prefix}_resnet{d}_cifar' for d in cifar_depths])
 
 
 def test_every_family_is_registered_with_timm():
@@ -23,9 +23,11 @@ def test_every_family_is_registered_with_timm():
     assert sorted(timm.list_models('gc_resnet*')) == _expected_names('gc')
     assert sorted(timm.list_models('resnet*_cifar')) == ['resnet18_cifar', 'resnet34_cifar', 'resnet50_cifar']
     assert 'attn_resnet' in timm.list_modules()
-    assert len(timm.list_models(module='attn_resnet')) == 3 + 8 * len(MECHANISMS)
+    assert len(MECHANISMS) == 13  # SE / RCAN channel attention is timm's own 'se' (seresnet*), not registered here
+    assert len(timm.list_models(module='attn_resnet')) == 3 + 8 * 12 + 6  # EncNet skips ResNet-101/152
     for m in MECHANISMS.values():
-        assert sorted(timm.list_models(f'{m.name}_resnet*', module='attn_resnet')) == _expected_names(m.name)
+        expected = _expected_names(m.name, m.depths, m.cifar_depths)
+        assert sorted(timm.list_models(f'{m.name}_resnet*', module='attn_resnet')) == expected
 
 
 def test_no_registered_name_shadows_a_timm_model():

@@ -8,8 +8,11 @@ from typing import Any, Callable, Dict, List, Optional
 import timm.layers
 from torch import nn
 
+from .bilinear import BilinearAttention
+from .criss_cross import CrissCrossAttention
 from .dia import DenseImplicitAttention, DIAStage
 from .eca import EfficientChannelAttention
+from .encoding import EncodingAttention
 from .fca import MultiSpectralAttention
 from .gct import GatedChannelTransform
 from .global_context import GlobalContextBlock
@@ -20,9 +23,10 @@ from .srm import StyleRecalibration
 from .triplet import TripletAttention
 
 __all__ = [
-    'DenseImplicitAttention', 'DIAStage', 'EfficientChannelAttention', 'GatedChannelTransform', 'GlobalContextBlock',
-    'GSoPChannelAttention', 'MultiSpectralAttention', 'NormalizationAttention', 'SecondOrderChannelAttention',
-    'StyleRecalibration', 'TripletAttention', 'get_attn', 'list_attn',
+    'BilinearAttention', 'CrissCrossAttention', 'DenseImplicitAttention', 'DIAStage', 'EfficientChannelAttention',
+    'EncodingAttention', 'GatedChannelTransform', 'GlobalContextBlock', 'GSoPChannelAttention',
+    'MultiSpectralAttention', 'NormalizationAttention', 'SecondOrderChannelAttention', 'StyleRecalibration',
+    'TripletAttention', 'get_attn', 'list_attn',
 ]
 
 # Names are lower case. 'gc' and 'eca' shadow timm's own: its 'gc' is GlobalContext with scale fusion, its 'eca'
@@ -38,6 +42,9 @@ _ATTN_LAYERS: Dict[str, Callable[..., nn.Module]] = {
     'fca': MultiSpectralAttention,
     'gsop': GSoPChannelAttention,
     'soca': SecondOrderChannelAttention,
+    'enc': EncodingAttention,
+    'ba': BilinearAttention,
+    'cc': CrissCrossAttention,
 }
 
 

@@ -76,6 +76,11 @@ def _fca_dct_sizes(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
     return tuple(dict(dct_size=s) for s in ((7, 7, 7, 7) if cifar else (56, 28, 14, 7)))
 
 
+def _enc_widths(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
+    # The official CIFAR blocks reduce to planes / 4 codeword dimensions: C / 4 in a BasicBlock, C / 16 in a Bottleneck.
+    return (dict(rd_ratio=1 / 16) if _DEPTHS[depth][0] is Bottleneck else {},) * 4
+
+
 def _gsop_strides(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
     # Official: the reduction conv has stride 2 where planes == 64, i.e. in stage 1.
     return dict(stride=2), {}, {}, {}
@@ -130,6 +135,21 @@ MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
     Mechanism(
         'soca', 'SoCA', 'Second-Order Attention Network for Single Image Super-Resolution',
         'doi:10.1109/CVPR.2019.01132', 'https://github.com/daitao/SAN'),
+    Mechanism(
+        # The in-block Encoding layer is a CIFAR design; at ResNet-101/152 widths it would add 78 M / 109 M
+        # parameters (1.8x the backbone) for a mechanism with no ImageNet result, so those depths are not registered.
+        'enc', 'EncNet', 'Context Encoding for Semantic Segmentation', 'arXiv:1803.08904',
+        'https://github.com/zhanghang1989/PyTorch-Encoding', stage_kwargs=_enc_widths, depths=(18, 34, 50)),
+    Mechanism(
+        # Official: one block after each of the last three Inception groups of a re-ID network; here the last block
+        # of each of the last three stages.
+        'ba', 'BA', 'Bilinear Attention Networks for Person Retrieval',
+        'https://openaccess.thecvf.com/content_ICCV_2019/html/Fang_Bilinear_Attention_Networks_for_Person_Retrieval_ICCV_2019_paper.html',
+        'https://github.com/PengfeiFANGanu/Attention-in-Attention-Networks', stages=(2, 3, 4), blocks='last'),
+    Mechanism(
+        # Official: one module, applied twice, on the backbone's final feature map; here the last block of stage 4.
+        'cc', 'CC', 'CCNet: Criss-Cross Attention for Semantic Segmentation', 'arXiv:1811.11721',
+        'https://github.com/speedinghzl/CCNet', stages=(4,), blocks='last'),
     Mechanism(
         'dia', 'DIA', 'DIANet: Dense-and-Implicit Attention Network', 'arXiv:1905.10671',
         'https://github.com/gbup-group/DIANet', stage_wrapper=DIAStage),
