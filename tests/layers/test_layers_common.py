@@ -119,6 +119,17 @@ def test_output_keeps_the_input_dtype(name, dtype):
 
 
 @pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_output_keeps_the_input_memory_format(name, memory_format):
+    # A layout change leaks into every later op (and changes its rounding): the attention output keeps x's layout.
+    layer = _randomize(LAYERS[name](16, dtype=torch.float64)).eval()
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
+    out = layer(x.contiguous(memory_format=memory_format))
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, layer(x))  # float64: another summation order cannot show
+
+
+@pytest.mark.parametrize('name', NAMES)
 def test_output_keeps_the_input_dtype_under_autocast(name):
     layer = _randomize(LAYERS[name](16)).eval()
     x = torch.randn(2, 16, 8, 8).bfloat16()

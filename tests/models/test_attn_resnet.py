@@ -204,9 +204,10 @@ def _randomized_state_dict(model):
 @pytest.mark.parametrize('name,plain', [
     ('gct_resnet50', 'resnet50'), ('gc_resnet50', 'resnet50'),
     ('gct_resnet18_cifar', 'resnet18_cifar'), ('gc_resnet18_cifar', 'resnet18_cifar'),
+    ('cc_resnet50', 'resnet50'), ('cc_resnet18_cifar', 'resnet18_cifar'),
 ])
 def test_identity_at_init_at_model_level(name, plain):
-    """A GCT / GC ResNet holding the plain ResNet's weights gives exactly the plain ResNet's logits."""
+    """A GCT / GC / CC ResNet holding the plain ResNet's weights gives exactly the plain ResNet's logits."""
     base = timm.create_model(plain).eval()
     base.load_state_dict(_randomized_state_dict(base))
     model = timm.create_model(name).eval()

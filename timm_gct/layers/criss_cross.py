@@ -124,7 +124,8 @@ class CrissCrossAttention(nn.Module):
         v = self.value_conv(x)
         out = torch.einsum('bhwj,bcjw->bchw', weights[0].to(v.dtype), v)
         out = out + torch.einsum('bhwj,bchj->bchw', weights[1].to(v.dtype), v)
-        return (self.gamma * out).to(x.dtype) + x
+        # x first: the sum takes x's memory layout (contiguous or channels_last), not the einsum's permuted one
+        return x + (self.gamma * out).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.recurrence):
