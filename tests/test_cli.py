@@ -44,6 +44,19 @@ def test_list_numbers_are_measured_from_the_models(capsys):
         plain = sum(p.numel() for p in timm.create_model(plain_twin(name)).parameters())
         assert row['added params'] == f'{params - plain:+,}'
     assert rows['gc_resnet50']['mechanism'] == 'GC' and rows['gc_resnet50']['attn stages'] == '2,3,4'
+    assert rows['gc_resnet50']['attn layers'] == str(4 + 6 + 3)
+    assert rows['gct_resnet18_cifar']['attn layers'] == '8'
+
+
+def test_list_counts_shared_and_last_block_layers(capsys):
+    code, out, _ = _run_cli(capsys, 'list', 'gsop_resnet50', 'dia_resnet50', 'cc_resnet50', '--format', 'json')
+    assert code == 0
+    layers = {d['name']: (d['attn_stages'], d['attn_layers']) for d in json.loads(out)}
+    assert layers == {
+        'gsop_resnet50': ([1, 2, 3, 4], 4),  # last block of each stage
+        'dia_resnet50': ([1, 2, 3, 4], 4),  # one cell shared by the blocks of each stage
+        'cc_resnet50': ([4], 1),  # last block of stage 4
+    }
 
 
 def _reference_macs(model, input_size):

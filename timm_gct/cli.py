@@ -21,7 +21,7 @@ from .stats import ModelStats, measure
 
 __all__ = ['main']
 
-_LIST_COLUMNS = ('model', 'mechanism', 'attn stages', 'params (M)', 'added params', 'GMACs', 'input')
+_LIST_COLUMNS = ('model', 'mechanism', 'attn stages', 'attn layers', 'params (M)', 'added params', 'GMACs', 'input')
 
 
 def _list_rows(stats: Sequence[ModelStats]) -> List[List[str]]:
@@ -29,6 +29,7 @@ def _list_rows(stats: Sequence[ModelStats]) -> List[List[str]]:
         s.name,
         s.mechanism,
         ','.join(map(str, s.attn_stages)) or '-',
+        str(s.attn_layers),
         f'{s.params / 1e6:.2f}',
         f'{s.added_params:+,}',
         f'{s.macs / 1e9:.2f}',
@@ -56,7 +57,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(
         f'timm_gct {timm_gct.__version__} (timm {timm.__version__}, torch {torch.__version__}): {len(stats)} models. '
         'Params and GMACs are measured from each model at its default input size, batch 1; "added params" is '
-        'against the plain ResNet of the same depth and stem (timm resnetN, or resnetN_cifar).')
+        'against the plain ResNet of the same depth and stem (timm resnetN, or resnetN_cifar); "attn layers" '
+        'counts distinct attention modules (DIA shares one per stage).')
     widths = [max(len(r[i]) for r in [list(_LIST_COLUMNS)] + rows) for i in range(len(_LIST_COLUMNS))]
     for row in [list(_LIST_COLUMNS)] + rows:
         print('  '.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))

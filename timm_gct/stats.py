@@ -6,7 +6,7 @@ matrix products and linear layers from tensor shapes alone (elementwise ops such
 as in timm's model cards).
 """
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import timm
 import torch
@@ -22,6 +22,7 @@ class ModelStats:
     name: str
     mechanism: str  # mechanism title, '-' for a plain ResNet
     attn_stages: Tuple[int, ...]  # stages (1-4) holding attention layers, () for none
+    attn_layers: int  # distinct attention modules (a module shared by the blocks of a stage counts once)
     params: int
     plain_params: int  # parameters of the plain ResNet twin (same depth and stem)
     macs: int
@@ -48,9 +49,9 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _attn_stages(model: torch.nn.Module) -> Tuple[int, ...]:
-    return tuple(i for i in range(1, 5) if any(
-        getattr(b, 'se', None) is not None for b in getattr(model, f'layer{i}').children()))
+def _attn_modules(model: torch.nn.Module, stage: int) -> List[torch.nn.Module]:
+    modules = [getattr(b, 'se', None) for b in getattr(model, f'layer{stage}').children()]
+    return list({id(m): m for m in modules if m is not None}.values())
 
 
 def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) -> ModelStats:
@@ -62,7 +63,8 @@ def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) 
     return ModelStats(
         name=model_name,
         mechanism=mechanism.title if mechanism is not None else '-',
-        attn_stages=_attn_stages(model),
+        attn_stages=tuple(i for i in range(1, 5) if _attn_modules(model, i)),
+        attn_layers=sum(len(_attn_modules(model, i)) for i in range(1, 5)),
         params=_params(model),
         plain_params=_params(plain),
         macs=_macs(model, input_size),
