@@ -10,6 +10,13 @@ import torch  # noqa: E402
 import timm_gct  # noqa: E402,F401  registers the models before timm's test module builds its parameter lists
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        '--timm-suite', choices=('ci', 'full'), default='ci',
+        help="models for timm's own test suite (tests/timm_suite): 'ci' = the ResNet-18, ResNet-50 and CIFAR models "
+             "of every mechanism and the CIFAR baselines (default); 'full' = every registered model")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same RNG state, so no result depends on which tests ran before it."""

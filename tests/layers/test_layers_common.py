@@ -109,6 +109,15 @@ def test_shape_and_gradient_reach_every_parameter(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('training', [True, False])
+def test_gradcheck_in_float64(name, training):
+    layer = _randomize(LAYERS[name](16, dtype=torch.float64)).train(training)
+    x = torch.randn(2, 16, 4, 5, dtype=torch.float64, requires_grad=True)
+    # fast_mode checks random projections of the Jacobian (the per-layer files check full Jacobians)
+    assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
 def test_output_keeps_the_input_dtype(name, dtype):
     layer = _randomize(LAYERS[name](16)).to(dtype).eval()

@@ -2,21 +2,24 @@
 
 timm's test module picks its models with ``timm.list_models`` when it is imported, so the root conftest imports
 timm_gct first. This conftest then keeps only the parametrisations for models registered by timm_gct and drops
-timm's tests for its own models.
+timm's tests for its own models. ``--timm-suite ci`` (the default) keeps the ResNet-18, ResNet-50 and CIFAR models of
+every mechanism; ``--timm-suite full`` runs every registered model.
 """
 from pathlib import Path
 
 import timm
 
 _HERE = Path(__file__).parent
+CI_FILTERS = ('*_resnet18', '*_resnet50', '*_cifar')
 
 
-def _our_models():
-    return set(timm.list_models(module='attn_resnet'))
+def suite_models(selection: str):
+    """The models this package registers: all of them ('full') or the CI subset ('ci')."""
+    return timm.list_models(CI_FILTERS if selection == 'ci' else '*', module='attn_resnet')
 
 
 def pytest_collection_modifyitems(config, items):
-    ours = _our_models()
+    ours = set(suite_models(config.getoption('--timm-suite')))
     keep, drop = [], []
     for item in items:
         if _HERE not in Path(str(item.fspath)).parents:

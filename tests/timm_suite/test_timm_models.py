@@ -13,7 +13,7 @@ _timm_tests = load_timm_test_models()
 # Its tests and fixtures (e.g. cfg_device), as if they were defined here.
 globals().update({k: v for k, v in vars(_timm_tests).items() if not k.startswith('_')})
 
-_OUR_MODELS = timm.list_models(module='attn_resnet')
+_OUR_MODELS = timm.list_models(module='attn_resnet')  # conftest deselects those outside --timm-suite
 
 
 @pytest.mark.features
