@@ -5,7 +5,7 @@ hyper-parameter fails when the model is built rather than deep inside a forward 
 """
 from typing import Any, Collection
 
-__all__ = ['check_channels', 'check_choice', 'check_int', 'check_odd_kernel', 'check_positive']
+__all__ = ['check_channels', 'check_choice', 'check_int', 'check_odd_kernel', 'check_positive', 'reduced_channels']
 
 
 def check_channels(layer: str, channels: Any) -> None:
@@ -42,6 +42,17 @@ def check_odd_kernel(layer: str, kernel_size: Any) -> None:
     """Require an odd int >= 1, so that 'same' padding (k - 1) / 2 keeps the size."""
     if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f'{layer}: kernel_size={kernel_size!r} is not allowed; expected an odd int >= 1.')
+
+
+def reduced_channels(layer: str, channels: int, rd_ratio: Any, what: str) -> int:
+    """``int(channels * rd_ratio)``, required to be at least 1; ``what`` names the reduced quantity in the error."""
+    check_positive(layer, 'rd_ratio', rd_ratio)
+    reduced = int(channels * rd_ratio)
+    if reduced < 1:
+        raise ValueError(
+            f'{layer}: rd_ratio={rd_ratio!r} leaves int({channels} * {rd_ratio}) = {reduced} {what}; at least 1 is '
+            f'needed, so rd_ratio must be >= 1 / {channels}.')
+    return reduced
 
 
 def _is_int(value: Any) -> bool:

@@ -46,7 +46,7 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, create_act_layer
 
-from ._checks import check_channels, check_int, check_positive
+from ._checks import check_channels, check_int, reduced_channels
 from ._guards import check_batch_for_batchnorm
 from ._reduce import spatial_sum
 
@@ -93,13 +93,8 @@ class BilinearAttention(nn.Module):
         super().__init__()
         name = type(self).__name__
         check_channels(name, channels)
-        check_positive(name, 'rd_ratio', rd_ratio)
         check_int(name, 'rd_max', rd_max, allow_none=True)
-        rd_channels = int(channels * rd_ratio)
-        if rd_channels < 1:
-            raise ValueError(
-                f'{name}: rd_ratio={rd_ratio!r} leaves int({channels} * {rd_ratio}) = {rd_channels} reduced '
-                f'channels; the bilinear pooling needs at least 1, so rd_ratio must be >= 1 / {channels}.')
+        rd_channels = reduced_channels(name, channels, rd_ratio, 'reduced channels')
         if rd_max is not None:
             rd_channels = min(rd_channels, rd_max)
         self.rd_channels = rd_channels

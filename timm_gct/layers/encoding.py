@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_int, check_positive
+from ._checks import check_channels, check_int, reduced_channels
 from ._precision import upcast, without_autocast
 
 __all__ = ['EncodingAttention']
@@ -127,15 +127,10 @@ class EncodingAttention(nn.Module):
         name = type(self).__name__
         check_channels(name, channels)
         check_int(name, 'num_codes', num_codes)
-        check_positive(name, 'rd_ratio', rd_ratio)
         check_int(name, 'rd_max', rd_max, allow_none=True)
         if not isinstance(scale_drop, bool):
             raise ValueError(f'{name}: scale_drop={scale_drop!r} is not allowed; expected True or False.')
-        rd_channels = int(channels * rd_ratio)
-        if rd_channels < 1:
-            raise ValueError(
-                f'{name}: rd_ratio={rd_ratio!r} leaves int({channels} * {rd_ratio}) = {rd_channels} codeword '
-                f'dimensions; the encoding needs at least 1, so rd_ratio must be >= 1 / {channels}.')
+        rd_channels = reduced_channels(name, channels, rd_ratio, 'codeword dimensions')
         if rd_max is not None:
             rd_channels = min(rd_channels, rd_max)
         self.num_codes = num_codes

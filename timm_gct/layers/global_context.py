@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from timm.layers import LayerType, create_act_layer
 
-from ._checks import check_channels, check_choice, check_positive
+from ._checks import check_channels, check_choice, reduced_channels
 
 __all__ = ['GlobalContextBlock']
 
@@ -66,18 +66,13 @@ class GlobalContextBlock(nn.Module):
         super().__init__()
         name = type(self).__name__
         check_channels(name, channels)
-        check_positive(name, 'rd_ratio', rd_ratio)
         check_choice(name, 'pooling_type', pooling_type, ('att', 'avg'))
         if isinstance(fusion_types, str) or not fusion_types or len(set(fusion_types)) != len(fusion_types) \
                 or not set(fusion_types) <= set(_FUSION_TYPES):
             raise ValueError(
                 f'{name}: fusion_types={fusion_types!r} is not allowed; expected a non-empty sequence of distinct '
                 f'values from {_FUSION_TYPES}.')
-        planes = int(channels * rd_ratio)
-        if planes < 1:
-            raise ValueError(
-                f'{name}: rd_ratio={rd_ratio!r} leaves int({channels} * {rd_ratio}) = {planes} hidden channels; '
-                f'the transform needs at least 1, so rd_ratio must be >= 1 / {channels}.')
+        planes = reduced_channels(name, channels, rd_ratio, 'hidden channels')
         self.pooling_type = pooling_type
         self.fusion_types = tuple(fusion_types)
 
