@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.bilinear import BilinearAttention, lower_triangle_products
+from tests.helpers import randomize
 
 
 
@@ -39,15 +40,7 @@ def _reference(x, layer, training=True):
 
 
 def _random_layer(channels, **kwargs):
-    layer = BilinearAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-        for name, b in layer.named_buffers():
-            if b.is_floating_point():
-                b.copy_(torch.rand(b.shape, generator=g, dtype=torch.float64) + 0.5)
-    return layer
+    return randomize(BilinearAttention(channels, dtype=torch.float64, **kwargs), seed=5)
 
 
 @pytest.mark.parametrize('training', [True, False])

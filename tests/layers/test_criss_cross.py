@@ -10,6 +10,7 @@ from timm.optim import create_optimizer_v2
 
 from timm_gct.layers import criss_cross
 from timm_gct.layers.criss_cross import CrissCrossAttention
+from tests.helpers import randomize
 
 
 
@@ -53,12 +54,7 @@ def _reference(x, layer, recurrence):
 
 
 def _random_layer(channels, **kwargs):
-    layer = CrissCrossAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
-    return layer
+    return randomize(CrissCrossAttention(channels, dtype=torch.float64, **kwargs), seed=6, scale=0.3)
 
 
 @pytest.mark.parametrize('recurrence', [1, 2, 3])

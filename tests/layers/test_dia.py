@@ -12,6 +12,7 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 from timm_gct.layers.dia import DenseImplicitAttention, DIAStage
+from tests.helpers import randomize
 
 
 def _cell(m, h, c, attn):
@@ -39,16 +40,7 @@ def _reference_stage(x, stage, attn):
 
 
 def _randomize(module, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-        for name, b in module.named_buffers():
-            if 'running_var' in name:
-                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.5)
-            elif 'running_mean' in name:
-                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype))
-    return module
+    return randomize(module, seed=seed, scale=0.5)
 
 
 def _stage(channels=8, num_blocks=3, in_channels=4):

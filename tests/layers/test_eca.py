@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from timm.layers import EcaModule
 
 from timm_gct.layers.eca import EfficientChannelAttention
+from tests.helpers import randomize
 
 # Released per-stage kernel sizes (checkpoint names eca_resnet{18_k3577, 34_k3357, 50_k3557, 101_k3357, 152_k3357}).
 RELEASED_KERNELS = {18: (3, 5, 7, 7), 34: (3, 3, 5, 7), 50: (3, 5, 5, 7), 101: (3, 3, 5, 7), 152: (3, 3, 5, 7)}
@@ -22,11 +23,7 @@ def _reference(x, weight):
 
 
 def _random_eca(channels, kernel_size, seed=5):
-    layer = EfficientChannelAttention(channels, kernel_size=kernel_size, dtype=torch.float64)
-    with torch.no_grad():
-        layer.conv.weight.copy_(torch.randn(layer.conv.weight.shape, generator=torch.Generator().manual_seed(seed),
-                                            dtype=torch.float64))
-    return layer
+    return randomize(EfficientChannelAttention(channels, kernel_size=kernel_size, dtype=torch.float64), seed=seed)
 
 
 @pytest.mark.parametrize('channels,kernel_size', [(16, 3), (16, 5), (12, 7), (5, 7), (8, 1), (3, 9)])

@@ -11,6 +11,7 @@ from timm.optim import create_optimizer_v2
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from timm_gct.layers.encoding import EncodingAttention
+from tests.helpers import randomize
 
 
 
@@ -40,12 +41,7 @@ def _reference(x, layer, scale):
 
 
 def _random_layer(channels, **kwargs):
-    layer = EncodingAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
-    return layer.train()
+    return randomize(EncodingAttention(channels, dtype=torch.float64, **kwargs), seed=4, scale=0.5).train()
 
 
 @pytest.mark.parametrize('channels,kwargs', [(32, {}), (64, dict(num_codes=5, rd_ratio=1 / 16)), (24, dict(rd_max=3))])

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.fca import MultiSpectralAttention, _pool_to_dct_size, dct_filter, freq_indices
+from tests.helpers import randomize
 
 # The official 'top16' selection on the 7 x 7 grid (get_freq_indices: all_top_indices_x / _y, first 16).
 TOP16_U = [0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2]
@@ -56,12 +57,7 @@ def _reference(x, filt, w1, w2):
 
 
 def _random_fca(channels, **kwargs):
-    layer = MultiSpectralAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
-    return layer
+    return randomize(MultiSpectralAttention(channels, dtype=torch.float64, **kwargs), seed=4, scale=0.5)
 
 
 @pytest.mark.parametrize('size', [7, 14, 28, 56])

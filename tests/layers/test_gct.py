@@ -6,6 +6,7 @@ from timm.optim import create_optimizer_v2
 import timm
 from timm_gct.layers import GatedChannelTransform
 from timm_gct.layers._reduce import spatial_sum
+from tests.helpers import randomize
 
 
 def _reference(x, alpha, gamma, beta, eps, mode, after_relu):
@@ -22,12 +23,7 @@ def _reference(x, alpha, gamma, beta, eps, mode, after_relu):
 
 
 def _random_gct(channels, **kwargs):
-    layer = GatedChannelTransform(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return layer
+    return randomize(GatedChannelTransform(channels, dtype=torch.float64, **kwargs), seed=1)
 
 
 @pytest.mark.parametrize('mode,after_relu', [('l2', False), ('l1', False), ('l1', True)])

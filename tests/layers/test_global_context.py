@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers import GlobalContextBlock
+from tests.helpers import randomize
 
 
 def _transform(context, seq):
@@ -35,11 +36,7 @@ def _reference(x, block):
 
 
 def _randomize(block):
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in block.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return block
+    return randomize(block, seed=3)
 
 
 @pytest.mark.parametrize('pooling_type', ['att', 'avg'])

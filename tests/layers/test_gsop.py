@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.gsop import GSoPChannelAttention, channel_covariance
+from tests.helpers import randomize
 
 
 def _covpool(z):
@@ -41,15 +42,7 @@ def _reference(x, layer, params, training):
 
 
 def _random_gsop(channels, **kwargs):
-    layer = GSoPChannelAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
-        for bn in (layer.bn_for_DR, layer.row_bn):
-            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g, dtype=torch.float64))
-            bn.running_var.copy_(torch.rand(bn.num_features, generator=g, dtype=torch.float64) + 0.5)
-    return layer
+    return randomize(GSoPChannelAttention(channels, dtype=torch.float64, **kwargs), seed=5, scale=0.5)
 
 
 @pytest.mark.parametrize('training', [True, False])

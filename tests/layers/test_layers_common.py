@@ -11,6 +11,7 @@ from timm.layers import SEModule
 from timm.models import create_model
 from timm.models.cspnet import BottleneckBlock
 
+from tests.helpers import randomize
 from timm_gct.layers import (
     BilinearAttention, CrissCrossAttention, DenseImplicitAttention, EfficientChannelAttention, EncodingAttention,
     GatedChannelTransform, GlobalContextBlock, GSoPChannelAttention, MultiSpectralAttention, NormalizationAttention,
@@ -50,15 +51,7 @@ NAMES = list(LAYERS)
 
 
 def _randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter and buffer away from its init, so that no path through the layer is trivially zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
-        for name, b in layer.named_buffers():
-            if b.is_floating_point():
-                b.copy_((torch.rand(b.shape, generator=g, dtype=torch.float64) + 0.5).to(b.dtype))
-    return layer
+    return randomize(layer, seed=seed)
 
 
 @pytest.mark.parametrize('name', NAMES)

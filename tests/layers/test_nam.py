@@ -8,6 +8,7 @@ import torch
 from timm.utils import ParseKwargs
 
 from timm_gct.layers import NormalizationAttention
+from tests.helpers import randomize
 
 
 def _reference(x, weight, bias, mean, var, eps=1e-5):
@@ -19,14 +20,7 @@ def _reference(x, weight, bias, mean, var, eps=1e-5):
 
 
 def _random_nam(channels, **kwargs):
-    layer = NormalizationAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        layer.bn.weight.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
-        layer.bn.bias.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
-        layer.bn.running_mean.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
-        layer.bn.running_var.copy_(torch.rand(channels, generator=g, dtype=torch.float64) + 0.5)
-    return layer
+    return randomize(NormalizationAttention(channels, dtype=torch.float64, **kwargs), seed=2)
 
 
 def test_matches_official_math_in_training_mode_float64():

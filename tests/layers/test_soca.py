@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.soca import SecondOrderChannelAttention, newton_schulz_sqrtm, second_order_descriptor
+from tests.helpers import randomize
 
 
 def _ibar(m, dtype=torch.float64):
@@ -90,11 +91,8 @@ def _reference(x, layer, params, block_sizes=None):
 
 
 def _random_soca(channels, **kwargs):
-    layer = SecondOrderChannelAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(6)
+    layer = randomize(SecondOrderChannelAttention(channels, dtype=torch.float64, **kwargs), seed=6)
     with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
         layer.conv_du[0].bias.abs_()  # keep the few hidden units alive, so every weight gets a gradient
     return layer
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
 from timm_gct.layers.srm import StyleRecalibration
+from tests.helpers import randomize
 
 
 def _reference(x, cfc, bn_w, bn_b, running_mean, running_var, training, eps=1e-5):
@@ -24,14 +25,7 @@ def _reference(x, cfc, bn_w, bn_b, running_mean, running_var, training, eps=1e-5
 
 
 def _random_srm(channels, seed=6, **kwargs):
-    layer = StyleRecalibration(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-        layer.bn.running_mean.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
-        layer.bn.running_var.copy_(torch.rand(channels, generator=g, dtype=torch.float64) + 0.5)
-    return layer
+    return randomize(StyleRecalibration(channels, dtype=torch.float64, **kwargs), seed=seed)
 
 
 @pytest.mark.parametrize('training', [True, False])

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.triplet import TripletAttention
+from tests.helpers import randomize
 
 _BRANCHES = ('ChannelGateH', 'ChannelGateW', 'SpatialGate')
 
@@ -33,15 +34,7 @@ def _reference(x, params, stats, training, no_spatial):
 
 
 def _random_triplet(channels, seed=4, **kwargs):
-    layer = TripletAttention(channels, dtype=torch.float64, **kwargs)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-        for name, b in layer.named_buffers():
-            if b.is_floating_point():
-                b.copy_(torch.rand(b.shape, generator=g, dtype=torch.float64) + 0.5)
-    return layer
+    return randomize(TripletAttention(channels, dtype=torch.float64, **kwargs), seed=seed)
 
 
 def _branches(layer):
