@@ -5,7 +5,10 @@ hyper-parameter fails when the model is built rather than deep inside a forward 
 """
 from typing import Any, Collection
 
-__all__ = ['check_channels', 'check_choice', 'check_int', 'check_odd_kernel', 'check_positive', 'reduced_channels']
+__all__ = [
+    'check_channels', 'check_choice', 'check_int', 'check_odd_kernel', 'check_positive', 'divided_channels',
+    'reduced_channels',
+]
 
 
 def check_channels(layer: str, channels: Any) -> None:
@@ -53,6 +56,17 @@ def reduced_channels(layer: str, channels: int, rd_ratio: Any, what: str) -> int
             f'{layer}: rd_ratio={rd_ratio!r} leaves int({channels} * {rd_ratio}) = {reduced} {what}; at least 1 is '
             f'needed, so rd_ratio must be >= 1 / {channels}.')
     return reduced
+
+
+def divided_channels(layer: str, channels: int, reduction: Any) -> int:
+    """``channels // reduction`` for an int ``reduction``, required to be at least 1."""
+    check_int(layer, 'reduction', reduction)
+    hidden = channels // reduction
+    if hidden < 1:
+        raise ValueError(
+            f'{layer}: reduction={reduction!r} leaves {channels} // {reduction} = 0 hidden channels; it must be <= '
+            f'channels ({channels}).')
+    return hidden
 
 
 def _is_int(value: Any) -> bool:

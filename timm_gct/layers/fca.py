@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_choice, check_int
+from ._checks import check_channels, check_choice, check_int, divided_channels
 from ._reduce import spatial_sum
 
 __all__ = ['MultiSpectralAttention', 'MultiSpectralDCTLayer', 'dct_filter', 'freq_indices']
@@ -137,24 +137,20 @@ class MultiSpectralAttention(nn.Module):
         check_channels(name, channels)
         check_choice(name, 'freq_sel_method', freq_sel_method, _FREQ_METHODS)
         check_int(name, 'dct_size', dct_size, 7)  # the frequency indices scale by dct_size // 7, which is 0 below 7
-        check_int(name, 'reduction', reduction)
         num_freq = int(freq_sel_method[3:])
         if channels % num_freq:
             raise ValueError(
                 f'{name}: channels={channels!r} is not allowed with freq_sel_method={freq_sel_method!r}; expected a '
                 f'multiple of {num_freq} (one group of channels per frequency).')
-        if channels // reduction < 1:
-            raise ValueError(
-                f'{name}: reduction={reduction!r} leaves {channels} // {reduction} = 0 hidden channels; '
-                f'it must be <= channels ({channels}).')
+        hidden = divided_channels(name, channels, reduction)
         self.dct_size = dct_size
         self.reduction = reduction
         self.dct_layer = MultiSpectralDCTLayer(channels, dct_size, freq_sel_method, **dd)
         # Indices 0 and 2 hold the weights, as in the official checkpoints (``att.fc.0.weight``, ``att.fc.2.weight``).
         self.fc = nn.Sequential(
-            nn.Linear(channels, channels // reduction, bias=False, **dd),
+            nn.Linear(channels, hidden, bias=False, **dd),
             create_act_layer(act_layer, inplace=True),
-            nn.Linear(channels // reduction, channels, bias=False, **dd),
+            nn.Linear(hidden, channels, bias=False, **dd),
             nn.Sigmoid(),
         )
 

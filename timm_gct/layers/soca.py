@@ -50,7 +50,7 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_int, check_positive
+from ._checks import check_channels, check_int, check_positive, divided_channels
 from ._precision import upcast, without_autocast
 from ._reduce import covariance
 
@@ -140,15 +140,10 @@ class SecondOrderChannelAttention(nn.Module):
         super().__init__()
         name = type(self).__name__
         check_channels(name, channels)
-        check_int(name, 'reduction', reduction)
         check_int(name, 'iter_n', iter_n, 2)
         check_int(name, 'cov_group_size', cov_group_size, allow_none=True)
         check_positive(name, 'eps', eps)
-        hidden = channels // reduction
-        if hidden < 1:
-            raise ValueError(
-                f'{name}: reduction={reduction!r} leaves {channels} // {reduction} = 0 hidden channels; '
-                f'it must be <= channels ({channels}).')
+        hidden = divided_channels(name, channels, reduction)
         groups = 1 if cov_group_size is None else -(-channels // cov_group_size)
         self.reduction = reduction
         self.iter_n = iter_n
