@@ -25,11 +25,8 @@ plain baselines ``resnet{18,34,50}_cifar``. Model kwargs on top of timm's ResNet
 * ``attn_blocks``: 'all' blocks of those stages, or only the 'last' one;
 * ``layer4_stride``: 2 (standard) or 1.
 
-Papers:
-* ResNet: `Deep Residual Learning for Image Recognition` - https://arxiv.org/abs/1512.03385
-* GCT: `Gated Channel Transformation for Visual Recognition` - https://arxiv.org/abs/1909.11519
-* NAM: `NAM: Normalization-based Attention Module` - https://arxiv.org/abs/2111.12419
-* GC: `GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond` - https://arxiv.org/abs/1904.11492
+Papers: ResNet, `Deep Residual Learning for Image Recognition` - https://arxiv.org/abs/1512.03385; each mechanism's
+paper and official code are in ``MECHANISMS`` below (and in its layer's docstring).
 """
 from dataclasses import dataclass
 from functools import partial
