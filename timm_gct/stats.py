@@ -60,11 +60,12 @@ def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) 
     model = timm.create_model(model_name, device='meta').eval()
     plain = timm.create_model(plain_twin(model_name), device='meta')
     input_size = tuple(input_size or model.pretrained_cfg['input_size'])
+    attn = {i: _attn_modules(model, i) for i in range(1, 5)}
     return ModelStats(
         name=model_name,
         mechanism=mechanism.title if mechanism is not None else '-',
-        attn_stages=tuple(i for i in range(1, 5) if _attn_modules(model, i)),
-        attn_layers=sum(len(_attn_modules(model, i)) for i in range(1, 5)),
+        attn_stages=tuple(i for i, modules in attn.items() if modules),
+        attn_layers=sum(len(modules) for modules in attn.values()),
         params=_params(model),
         plain_params=_params(plain),
         macs=_macs(model, input_size),
