@@ -2,6 +2,7 @@
 
     timm-gct list [PATTERN ...] [--format table|csv|json]   registered models, measured from the models
     timm-gct run SCRIPT [ARGS ...]                         run a timm script (validate.py, ...) with timm_gct loaded
+    timm-gct compare [--models a,b,c] [--dataset ...]     train a baseline and attention models side by side
 """
 import argparse
 import csv
@@ -17,6 +18,7 @@ import timm
 import torch
 
 import timm_gct
+from .compare import DEFAULT_MODELS, CompareConfig, CompareError, compare
 from .stats import ModelStats, measure
 
 __all__ = ['main']
@@ -79,6 +81,69 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    cfg = CompareConfig(
+        models=[m.strip() for m in args.models.split(',') if m.strip()], dataset=args.dataset, data_dir=args.data_dir,
+        dataset_download=args.dataset_download, train_split=args.train_split, val_split=args.val_split,
+        num_classes=args.num_classes, synthetic_samples=tuple(args.synthetic_samples), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, opt=args.opt, momentum=args.momentum,
+        weight_decay=args.weight_decay, sched=args.sched, warmup_epochs=args.warmup_epochs, smoothing=args.smoothing,
+        scale=tuple(args.scale), seed=args.seed, device=args.device, amp=args.amp, amp_dtype=args.amp_dtype,
+        channels_last=args.channels_last, workers=args.workers, output=args.output, progress=not args.no_progress)
+    try:
+        _, _, interrupted = compare(cfg)
+    except CompareError as e:
+        print(f'timm-gct compare: error: {e}', file=sys.stderr)
+        return 2
+    return 130 if interrupted else 0
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    d = CompareConfig()
+    p = sub.add_parser(
+        'compare', help='train a baseline and attention models side by side (default: synthetic data, a few minutes)',
+        description='Train a baseline and attention models in lockstep on the same batches with timm\'s training '
+                    'components, then print a table (params, GMACs, speed, best top-1, delta to the baseline) and '
+                    'write epochs.csv, results.json and curves.png. With no arguments it runs on a small synthetic '
+                    'dataset generated in-process (no downloads).')
+    p.add_argument('--models', default=','.join(DEFAULT_MODELS),
+                   help='comma-separated timm model names; the first is the baseline (default: %(default)s)')
+    g = p.add_argument_group('data (train.py semantics)')
+    g.add_argument('--dataset', default=None,
+                   help="'synthetic' (default without --data-dir), torch/cifar10, torch/cifar100, ..., or '' for an "
+                        "ImageFolder (default with --data-dir)")
+    g.add_argument('--data-dir', default=None, help='dataset root; an ImageFolder has train/ and validation/ (or val/)')
+    g.add_argument('--dataset-download', action='store_true', help='download torch/* datasets to --data-dir')
+    g.add_argument('--train-split', default=d.train_split, help='(default: %(default)s)')
+    g.add_argument('--val-split', default=d.val_split, help='(default: %(default)s)')
+    g.add_argument('--num-classes', type=int, default=None, help='(default: from the dataset)')
+    g.add_argument('--synthetic-samples', type=int, nargs=2, default=list(d.synthetic_samples),
+                   metavar=('TRAIN', 'EVAL'), help='size of the synthetic splits (default: %(default)s)')
+    g.add_argument('--scale', type=float, nargs=2, default=list(d.scale), metavar=('MIN', 'MAX'),
+                   help='random-resized-crop area range, as train.py (default: %(default)s)')
+    g.add_argument('--workers', type=int, default=d.workers, help='data loader processes (default: %(default)s)')
+    g = p.add_argument_group('recipe (the same for every model)')
+    g.add_argument('--epochs', type=int, default=d.epochs, help='(default: %(default)s)')
+    g.add_argument('--batch-size', type=int, default=d.batch_size, help='(default: %(default)s)')
+    g.add_argument('--lr', type=float, default=d.lr, help='(default: %(default)s)')
+    g.add_argument('--opt', default=d.opt, help="timm optimizer name (default: %(default)s)")
+    g.add_argument('--momentum', type=float, default=d.momentum, help='(default: %(default)s)')
+    g.add_argument('--weight-decay', type=float, default=d.weight_decay, help='(default: %(default)s)')
+    g.add_argument('--sched', default=d.sched, help='timm scheduler name, stepped per update (default: %(default)s)')
+    g.add_argument('--warmup-epochs', type=int, default=d.warmup_epochs, help='(default: %(default)s)')
+    g.add_argument('--smoothing', type=float, default=d.smoothing, help='label smoothing (default: %(default)s)')
+    g.add_argument('--seed', type=int, default=d.seed, help='(default: %(default)s)')
+    g = p.add_argument_group('device and output')
+    g.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)')
+    g.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast)')
+    g.add_argument('--amp-dtype', default=d.amp_dtype, choices=('bfloat16', 'float16'),
+                   help='(default: %(default)s; float16 adds a gradient scaler)')
+    g.add_argument('--channels-last', action='store_true', help='channels_last memory layout for models and inputs')
+    g.add_argument('--output', default=None, help='output directory (default: output/compare/<time>-<dataset>)')
+    g.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.set_defaults(func=_cmd_compare)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-gct', description='Attention-augmented ResNets for timm.')
     parser.add_argument('--version', action='version', version=f'timm_gct {timm_gct.__version__}')
@@ -95,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('script', metavar='SCRIPT')
     p.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS')
     p.set_defaults(func=_cmd_run)
+
+    _add_compare_parser(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import model_mechanism
 
-__all__ = ['ModelStats', 'measure', 'plain_twin']
+__all__ = ['ModelStats', 'count_macs', 'measure', 'plain_twin']
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ def plain_twin(model_name: str) -> str:
     return arch[arch.index('resnet'):]
 
 
-def _macs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> int:
+def count_macs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass at batch size 1 (build the model on the meta device: no compute)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.empty(1, *input_size, device='meta'))
     return counter.get_total_flops() // 2
@@ -68,6 +69,6 @@ def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) 
         attn_layers=sum(len(modules) for modules in attn.values()),
         params=_params(model),
         plain_params=_params(plain),
-        macs=_macs(model, input_size),
+        macs=count_macs(model, input_size),
         input_size=input_size,
     )

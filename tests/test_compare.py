@@ -1,0 +1,162 @@
+""" `timm-gct compare`: tiny end-to-end runs through timm's data, optimizer and scheduler factories. """
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from timm_gct import compare as compare_module
+from timm_gct.cli import main
+
+TWO = 'resnet18_cifar,gct_resnet18_cifar'
+TINY = ('--epochs', '1', '--synthetic-samples', '64', '32', '--batch-size', '32', '--no-progress')
+
+
+def _run(capsys, *argv):
+    code = main(['compare', *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rows(path: Path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_run_writes_table_csv_json_and_plot(capsys, tmp_path):
+    code, out, err = _run(capsys, '--models', TWO, *TINY, '--epochs', '2', '--output', str(tmp_path))
+    assert code == 0, err
+    assert 'synthetic' in out.splitlines()[0] and 'not a real dataset' in out
+
+    rows = _rows(tmp_path / 'epochs.csv')
+    assert [(r['model'], r['epoch']) for r in rows] == [
+        ('resnet18_cifar', '1'), ('resnet18_cifar', '2'), ('gct_resnet18_cifar', '1'), ('gct_resnet18_cifar', '2')]
+    assert {r['dataset'] for r in rows} == {'synthetic'}
+    for r in rows:
+        assert 0 <= float(r['top1']) <= float(r['top5']) <= 100 and float(r['train_img_s']) > 0
+
+    summary = json.loads((tmp_path / 'results.json').read_text())
+    assert summary['synthetic'] is True and 'synthetic' in summary['dataset']
+    assert summary['finished_epochs'] == 2 and summary['interrupted'] is False
+    assert summary['baseline'] == 'resnet18_cifar' and summary['input_size'] == [3, 32, 32]
+    results = {r['model']: r for r in summary['results']}
+
+    # the table shows what the files hold; params are the trained models' own counts
+    table = out[out.index('Results on'):].splitlines()
+    assert table[1].split()[:2] == ['model', 'params']
+    lines = {line.split()[0]: line.split() for line in table[2:4]}
+    for name, r in results.items():
+        per_epoch = [float(e['top1']) for e in rows if e['model'] == name]
+        assert r['best_top1'] == max(per_epoch)
+        params = sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
+        assert r['params'] == params
+        assert lines[name][1] == f'{params / 1e6:.2f}' and lines[name][5] == f'{r["best_top1"]:.2f}'
+    assert lines['resnet18_cifar'][-1] == 'baseline'
+    delta = results['gct_resnet18_cifar']['best_top1'] - results['resnet18_cifar']['best_top1']
+    assert lines['gct_resnet18_cifar'][-1] == f'{delta:+.2f}'
+
+    png = tmp_path / 'curves.png'
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
+    assert 'curves.png' in out
+
+
+def test_same_seed_same_run(capsys, tmp_path):
+    for name in ('a', 'b'):
+        assert _run(capsys, '--models', TWO, *TINY, '--output', str(tmp_path / name))[0] == 0
+    keys = ('model', 'lr', 'train_loss', 'eval_loss', 'top1')
+    a, b = ([{k: r[k] for k in keys} for r in _rows(tmp_path / n / 'epochs.csv')] for n in ('a', 'b'))
+    assert a == b
+
+
+def test_models_start_from_the_same_seed(tmp_path):
+    cfg = compare_module.CompareConfig(
+        models=('resnet18_cifar', 'gct_resnet18_cifar'), epochs=1, synthetic_samples=(32, 32), batch_size=32,
+        output=str(tmp_path), progress=False)
+    comparison = compare_module._Comparison(cfg, log=lambda _: None)
+    baseline, gct = (r.model.state_dict() for r in comparison.runs)
+    assert torch.equal(baseline['conv1.weight'], gct['conv1.weight'])  # the stem is created first in both
+
+
+def test_without_matplotlib_says_so_and_skips_the_plot(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # makes `from matplotlib.figure import` fail
+    code, out, _ = _run(capsys, '--models', TWO, *TINY, '--output', str(tmp_path))
+    assert code == 0
+    assert 'matplotlib is not installed' in out and not (tmp_path / 'curves.png').exists()
+    assert (tmp_path / 'epochs.csv').exists()
+
+
+def test_ctrl_c_keeps_finished_epochs(capsys, tmp_path, monkeypatch):
+    real = compare_module._Comparison._train_epoch
+
+    def interrupt_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(compare_module._Comparison, '_train_epoch', interrupt_in_second_epoch)
+    code, out, _ = _run(capsys, '--models', TWO, *TINY, '--epochs', '3', '--output', str(tmp_path))
+    assert code == 130
+    assert 'Interrupted' in out and 'Results on' in out
+    assert [r['epoch'] for r in _rows(tmp_path / 'epochs.csv')] == ['1', '1']
+    summary = json.loads((tmp_path / 'results.json').read_text())
+    assert summary['interrupted'] is True and summary['finished_epochs'] == 1
+    assert (tmp_path / 'curves.png').exists()
+
+
+def _image_folder(root: Path, classes=('cat', 'dog'), per_class=4) -> Path:
+    for split in ('train', 'validation'):
+        for i, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for j in range(per_class):
+                colour = (200 * i, 50 * j, 100)
+                Image.new('RGB', (40, 40), colour).save(root / split / name / f'{j}.png')
+    return root
+
+
+def test_image_folder(capsys, tmp_path):
+    data = _image_folder(tmp_path / 'data')
+    code, out, err = _run(
+        capsys, '--models', TWO, '--data-dir', str(data), '--epochs', '1', '--batch-size', '4', '--no-progress',
+        '--output', str(tmp_path / 'out'))
+    assert code == 0, err
+    assert f'ImageFolder at {data} (8 train / 8 eval images)' in out
+    summary = json.loads((tmp_path / 'out' / 'results.json').read_text())
+    assert summary['num_classes'] == 2 and summary['synthetic'] is False
+    assert {r['dataset'] for r in _rows(tmp_path / 'out' / 'epochs.csv')} == {'imagefolder'}
+
+
+@pytest.mark.parametrize('argv, message', [
+    (('--models', 'resnet18_cifar,gct_resnet18_cifr'), "--models: unknown model 'gct_resnet18_cifr'"),
+    (('--models', 'resnet18_cifar'), 'give a baseline and at least one model'),
+    (('--models', 'resnet18_cifar,resnet18_cifar'), 'a model is listed twice'),
+    (('--data-dir', '/nonexistent/imagenet'), "--data-dir '/nonexistent/imagenet': no such directory"),
+    (('--dataset', 'torch/cifar10'), '--dataset torch/cifar10: give --data-dir'),
+    (('--dataset', 'synthetic', '--data-dir', '.'), 'the synthetic dataset is generated in-process'),
+    (('--epochs', '0'), '--epochs 0: must be a positive integer'),
+    (('--device', 'nodevice'), "--device 'nodevice'"),
+    (('--batch-size', '100', '--synthetic-samples', '64', '32'), '--batch-size 100: larger than the training set'),
+    (('--lr', '1e30', *TINY, '--synthetic-samples', '96', '32'), 'the training loss became nan in epoch 1'),
+])
+def test_bad_arguments_give_one_clear_line(capsys, tmp_path, argv, message):
+    code, out, err = _run(capsys, *argv, '--no-progress', '--output', str(tmp_path))
+    assert code == 2
+    assert err.startswith('timm-gct compare: error: ') and message in err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_missing_torch_dataset_and_image_folder_without_validation(capsys, tmp_path):
+    code, _, err = _run(capsys, '--dataset', 'torch/cifar10', '--data-dir', str(tmp_path), '--no-progress')
+    assert code == 2 and 'cannot load split' in err and 'add --dataset-download' in err
+    assert len(err.strip().splitlines()) == 1
+
+    (tmp_path / 'train' / 'a').mkdir(parents=True)
+    code, _, err = _run(capsys, '--data-dir', str(tmp_path), '--no-progress')
+    assert code == 2 and 'needs a validation split folder' in err
+
+    (tmp_path / 'validation' / 'a').mkdir(parents=True)
+    code, _, err = _run(capsys, '--data-dir', str(tmp_path), '--no-progress')  # folders without images
+    assert code == 2 and "cannot load split 'train'" in err and len(err.strip().splitlines()) == 1
