@@ -1,6 +1,7 @@
 """ `timm-gct compare`: tiny end-to-end runs through timm's data, optimizer and scheduler factories. """
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -74,11 +75,25 @@ def test_same_seed_same_run(capsys, tmp_path):
 
 def test_models_start_from_the_same_seed(tmp_path):
     cfg = compare_module.CompareConfig(
-        models=('resnet18_cifar', 'gct_resnet18_cifar'), epochs=1, synthetic_samples=(32, 32), batch_size=32,
-        output=str(tmp_path), progress=False)
+        models=('resnet18_cifar', 'gct_resnet18_cifar', 'gc_resnet18_cifar'), epochs=1, synthetic_samples=(32, 32),
+        batch_size=32, output=str(tmp_path), progress=False)
     comparison = compare_module._Comparison(cfg, log=lambda _: None)
-    baseline, gct = (r.model.state_dict() for r in comparison.runs)
-    assert torch.equal(baseline['conv1.weight'], gct['conv1.weight'])  # the stem is created first in both
+    baseline, gct, gc = (r.model.state_dict() for r in comparison.runs)
+    # GCT draws no random numbers at init, so from the same seed its twin holds the baseline's weights exactly
+    assert set(baseline) < set(gct)
+    for key, value in baseline.items():
+        assert torch.equal(value, gct[key]), key
+    # GC's convs do draw at construction, before timm's ResNet re-initialises every conv, so its weights differ
+    assert not torch.equal(baseline['conv1.weight'], gc['conv1.weight'])
+
+
+def test_amp_and_channels_last(capsys, tmp_path):
+    code, _, err = _run(capsys, '--models', TWO, *TINY, '--amp', '--channels-last', '--output', str(tmp_path))
+    assert code == 0, err
+    summary = json.loads((tmp_path / 'results.json').read_text())
+    assert summary['config']['amp'] and summary['config']['amp_dtype'] == 'bfloat16'
+    for r in _rows(tmp_path / 'epochs.csv'):
+        assert math.isfinite(float(r['train_loss'])) and 0 < float(r['eval_loss']) < 10
 
 
 def test_without_matplotlib_says_so_and_skips_the_plot(capsys, tmp_path, monkeypatch):
