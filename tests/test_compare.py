@@ -152,6 +152,7 @@ def test_image_folder(capsys, tmp_path):
     (('--dataset', 'torch/cifar10'), '--dataset torch/cifar10: give --data-dir'),
     (('--dataset', 'synthetic', '--data-dir', '.'), 'the synthetic dataset is generated in-process'),
     (('--epochs', '0'), '--epochs 0: must be a positive integer'),
+    (('--opt', 'sgdd', *TINY), "--opt 'sgdd': Optimizer sgdd not found in registry"),
     (('--device', 'nodevice'), "--device 'nodevice'"),
     (('--batch-size', '100', '--synthetic-samples', '64', '32'), '--batch-size 100: larger than the training set'),
     (('--lr', '1e30', *TINY, '--synthetic-samples', '96', '32'), 'the training loss became nan in epoch 1'),
@@ -161,6 +162,14 @@ def test_bad_arguments_give_one_clear_line(capsys, tmp_path, argv, message):
     assert code == 2
     assert err.startswith('timm-gct compare: error: ') and message in err
     assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_unknown_schedule_is_refused(capsys):
+    with pytest.raises(SystemExit):  # argparse's choices: usage and one error line
+        main(['compare', '--sched', 'plateau'])
+    assert "invalid choice: 'plateau'" in capsys.readouterr().err
+    with pytest.raises(compare_module.CompareError, match="--sched 'plateau': must be one of cosine, tanh, poly"):
+        compare_module.compare(compare_module.CompareConfig(sched='plateau'))
 
 
 def test_missing_torch_dataset_and_image_folder_without_validation(capsys, tmp_path):

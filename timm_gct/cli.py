@@ -18,7 +18,7 @@ import timm
 import torch
 
 import timm_gct
-from .compare import DEFAULT_MODELS, CompareConfig, CompareError, compare
+from .compare import DEFAULT_MODELS, SCHEDULES, CompareConfig, CompareError, compare
 from .stats import ModelStats, measure
 
 __all__ = ['main']
@@ -129,7 +129,8 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument('--opt', default=d.opt, help="timm optimizer name (default: %(default)s)")
     g.add_argument('--momentum', type=float, default=d.momentum, help='(default: %(default)s)')
     g.add_argument('--weight-decay', type=float, default=d.weight_decay, help='(default: %(default)s)')
-    g.add_argument('--sched', default=d.sched, help='timm scheduler name, stepped per update (default: %(default)s)')
+    g.add_argument('--sched', default=d.sched, choices=SCHEDULES,
+                   help='timm scheduler, stepped per update (default: %(default)s)')
     g.add_argument('--warmup-epochs', type=int, default=d.warmup_epochs, help='(default: %(default)s)')
     g.add_argument('--smoothing', type=float, default=d.smoothing, help='label smoothing (default: %(default)s)')
     g.add_argument('--seed', type=int, default=d.seed, help='(default: %(default)s)')

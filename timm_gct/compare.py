@@ -35,7 +35,9 @@ from tqdm import tqdm
 from .stats import count_macs
 from .synthetic import SYNTHETIC_DESCRIPTION, SyntheticStripes
 
-__all__ = ['CompareConfig', 'CompareError', 'DEFAULT_MODELS', 'ModelResult', 'compare', 'format_table']
+__all__ = [
+    'CompareConfig', 'CompareError', 'DEFAULT_MODELS', 'ModelResult', 'SCHEDULES', 'compare', 'format_table',
+    'plot_curves']
 
 DEFAULT_MODELS = ('resnet18_cifar', 'gct_resnet18_cifar', 'nam_resnet18_cifar', 'gc_resnet18_cifar')
 SYNTHETIC = 'synthetic'
@@ -43,6 +45,7 @@ SYNTHETIC = 'synthetic'
 _EPOCH_FIELDS = (
     'dataset', 'model', 'epoch', 'lr', 'train_loss', 'eval_loss', 'top1', 'top5', 'train_img_s', 'eval_img_s')
 _EVAL_SPLITS = ('validation', 'val', 'valid', 'eval', 'evaluation')
+SCHEDULES = ('cosine', 'tanh', 'poly')  # timm schedules that need no further settings and can step per update
 
 
 class CompareError(ValueError):
@@ -123,6 +126,8 @@ def _check_config(cfg: CompareConfig) -> None:
             raise CompareError(f'--{arg} {value!r}: must be a positive integer')
     if not cfg.lr > 0:
         raise CompareError(f'--lr {cfg.lr!r}: must be positive')
+    if cfg.sched not in SCHEDULES:
+        raise CompareError(f'--sched {cfg.sched!r}: must be one of {", ".join(SCHEDULES)}')
     if cfg.amp_dtype not in ('bfloat16', 'float16'):
         raise CompareError(f'--amp-dtype {cfg.amp_dtype!r}: must be bfloat16 or float16')
     if cfg.dataset == SYNTHETIC and cfg.data_dir:
@@ -210,8 +215,11 @@ def _build_runs(
         model = timm.create_model(name, num_classes=num_classes).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = create_optimizer_v2(
-            model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        try:
+            optimizer = create_optimizer_v2(
+                model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        except ValueError as e:
+            raise CompareError(f'--opt {cfg.opt!r}: {_one_line(e)} (see timm.optim.list_optimizers())') from None
         # Stepped per update: compare runs are short, and a per-epoch step would hold the lr flat for a whole epoch.
         scheduler, _ = create_scheduler_v2(
             optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
