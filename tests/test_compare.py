@@ -87,13 +87,67 @@ def test_models_start_from_the_same_seed(tmp_path):
     assert not torch.equal(baseline['conv1.weight'], gc['conv1.weight'])
 
 
-def test_amp_and_channels_last(capsys, tmp_path):
-    code, _, err = _run(capsys, '--models', TWO, *TINY, '--amp', '--channels-last', '--output', str(tmp_path))
-    assert code == 0, err
-    summary = json.loads((tmp_path / 'results.json').read_text())
-    assert summary['config']['amp'] and summary['config']['amp_dtype'] == 'bfloat16'
-    for r in _rows(tmp_path / 'epochs.csv'):
-        assert math.isfinite(float(r['train_loss'])) and 0 < float(r['eval_loss']) < 10
+def test_amp_and_channels_last(tmp_path):
+    def comparison(name, **kwargs):
+        cfg = compare_module.CompareConfig(
+            models=('resnet18_cifar', 'gct_resnet18_cifar'), epochs=1, synthetic_samples=(64, 32), batch_size=32,
+            output=str(tmp_path / name), progress=False, **kwargs)
+        return compare_module._Comparison(cfg, log=lambda _: None)
+
+    amp = comparison('amp', amp=True, channels_last=True)
+    assert amp.amp_dtype == torch.bfloat16  # the CPU default (float16 with a scaler on CUDA, as train.py)
+    for run in amp.runs:
+        assert run.model.conv1.weight.is_contiguous(memory_format=torch.channels_last) and run.scaler is None
+    fp32 = comparison('fp32')
+    amp_rows, fp32_rows = amp.run(), fp32.run()
+    amp_loss = [e['eval_loss'] for r in amp.runs for e in r.epochs]
+    fp32_loss = [e['eval_loss'] for r in fp32.runs for e in r.epochs]
+    assert all(math.isfinite(v) for v in amp_loss) and amp_loss != fp32_loss  # autocast really ran
+    assert amp_loss == pytest.approx(fp32_loss, rel=0.05)
+    assert [r.model for r in amp_rows] == [r.model for r in fp32_rows]
+
+
+def test_lr_follows_the_schedule_per_update(tmp_path, monkeypatch):
+    seen = []
+    real = compare_module._Comparison._train_step
+
+    def record(self, run, x, y, num_updates):
+        if run is self.runs[0]:
+            seen.append(run.optimizer.param_groups[0]['lr'])
+        return real(self, run, x, y, num_updates)
+
+    monkeypatch.setattr(compare_module._Comparison, '_train_step', record)
+    cfg = compare_module.CompareConfig(
+        models=('resnet18_cifar', 'gct_resnet18_cifar'), epochs=2, synthetic_samples=(64, 32), batch_size=32,
+        output=str(tmp_path), progress=False)
+    compare_module._Comparison(cfg, log=lambda _: None).run()
+    total = 4  # 2 epochs x 2 updates
+    assert seen == pytest.approx([0.05 * (1 + math.cos(math.pi * k / total)) for k in range(total)])
+
+
+def test_a_diverging_model_is_dropped_and_the_others_go_on(capsys, tmp_path, monkeypatch):
+    real = compare_module._Comparison._train_step
+
+    def nan_for_gct(self, run, x, y, num_updates):
+        loss = real(self, run, x, y, num_updates)
+        return float('nan') if run.name.startswith('gct') and num_updates >= 3 else loss
+
+    monkeypatch.setattr(compare_module._Comparison, '_train_step', nan_for_gct)
+    code, out, err = _run(capsys, '--models', TWO, *TINY, '--epochs', '2', '--output', str(tmp_path))
+    assert code == 0
+    assert 'gct_resnet18_cifar: the training loss became nan in epoch 2' in out
+    assert 'gct_resnet18_cifar diverged in epoch 2: its row shows the 1 epoch(s) before' in out
+    rows = _rows(tmp_path / 'epochs.csv')
+    assert [(r['model'], r['epoch']) for r in rows] == [
+        ('resnet18_cifar', '1'), ('resnet18_cifar', '2'), ('gct_resnet18_cifar', '1')]
+    results = {r['model']: r for r in json.loads((tmp_path / 'results.json').read_text())['results']}
+    assert results['gct_resnet18_cifar']['diverged'] == 2 and results['resnet18_cifar']['diverged'] is None
+
+
+def test_every_model_diverging_exits_nonzero(capsys, tmp_path):
+    code, out, _ = _run(capsys, '--models', TWO, *TINY, '--lr', '1e30', '--output', str(tmp_path))
+    assert code == 1
+    assert 'Every model diverged' in out and 'resnet18_cifar diverged in epoch 1: no finished epoch' in out
 
 
 def test_without_matplotlib_says_so_and_skips_the_plot(capsys, tmp_path, monkeypatch):
@@ -152,10 +206,16 @@ def test_image_folder(capsys, tmp_path):
     (('--dataset', 'torch/cifar10'), '--dataset torch/cifar10: give --data-dir'),
     (('--dataset', 'synthetic', '--data-dir', '.'), 'the synthetic dataset is generated in-process'),
     (('--epochs', '0'), '--epochs 0: must be a positive integer'),
-    (('--opt', 'sgdd', *TINY), "--opt 'sgdd': Optimizer sgdd not found in registry"),
+    (('--opt', 'sgdd', *TINY), "--opt 'sgdd' (--lr 0.1, --momentum 0.9, --weight-decay 0.0005): Optimizer sgdd"),
+    (('--synthetic-samples', '0', '32'), '--synthetic-samples 0 32: must be two positive integers'),
+    (('--num-classes', '5'), '--num-classes 5: the synthetic dataset has 10'),
+    (('--smoothing', '1.0'), '--smoothing 1.0: must be in [0, 1)'),
+    (('--workers', '-1'), '--workers -1: must be an integer >= 0'),
+    (('--weight-decay', '-1'), '--weight-decay -1.0: must be >= 0'),
+    (('--models', 'resnet18_cifar,vit_tiny_patch16_224', *TINY),
+     "--models: vit_tiny_patch16_224 cannot take the baseline's input 3x32x32"),
     (('--device', 'nodevice'), "--device 'nodevice'"),
     (('--batch-size', '100', '--synthetic-samples', '64', '32'), '--batch-size 100: larger than the training set'),
-    (('--lr', '1e30', *TINY, '--synthetic-samples', '96', '32'), 'the training loss became nan in epoch 1'),
 ])
 def test_bad_arguments_give_one_clear_line(capsys, tmp_path, argv, message):
     code, out, err = _run(capsys, *argv, '--no-progress', '--output', str(tmp_path))
@@ -177,6 +237,12 @@ def test_missing_torch_dataset_and_image_folder_without_validation(capsys, tmp_p
     assert code == 2 and 'cannot load split' in err and 'add --dataset-download' in err
     assert len(err.strip().splitlines()) == 1
 
+    (tmp_path / 'val' / 'a').mkdir(parents=True)  # timm would fall back to the root and train on val/
+    code, _, err = _run(capsys, '--data-dir', str(tmp_path), '--no-progress')
+    assert code == 2 and 'needs a training split folder (one of train, training)' in err
+    (tmp_path / 'val' / 'a').rmdir()
+    (tmp_path / 'val').rmdir()
+
     (tmp_path / 'train' / 'a').mkdir(parents=True)
     code, _, err = _run(capsys, '--data-dir', str(tmp_path), '--no-progress')
     assert code == 2 and 'needs a validation split folder' in err
@@ -184,3 +250,17 @@ def test_missing_torch_dataset_and_image_folder_without_validation(capsys, tmp_p
     (tmp_path / 'validation' / 'a').mkdir(parents=True)
     code, _, err = _run(capsys, '--data-dir', str(tmp_path), '--no-progress')  # folders without images
     assert code == 2 and "cannot load split 'train'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_output_that_is_a_file_and_ctrl_c_before_training(capsys, tmp_path, monkeypatch):
+    taken = tmp_path / 'taken'
+    taken.write_text('')
+    code, _, err = _run(capsys, '--models', TWO, *TINY, '--output', str(taken))
+    assert code == 2 and f"--output '{taken}'" in err and len(err.strip().splitlines()) == 1
+
+    def interrupted_build(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_module, '_build_runs', interrupted_build)
+    code, _, err = _run(capsys, '--models', TWO, *TINY, '--output', str(tmp_path / 'out'))
+    assert code == 130 and err.strip() == 'timm-gct compare: interrupted'

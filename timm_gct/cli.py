@@ -91,11 +91,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         scale=tuple(args.scale), seed=args.seed, device=args.device, amp=args.amp, amp_dtype=args.amp_dtype,
         channels_last=args.channels_last, workers=args.workers, output=args.output, progress=not args.no_progress)
     try:
-        _, _, interrupted = compare(cfg)
+        results, _, interrupted = compare(cfg)
     except CompareError as e:
         print(f'timm-gct compare: error: {e}', file=sys.stderr)
         return 2
-    return 130 if interrupted else 0
+    except KeyboardInterrupt:  # outside the epochs (a download, building the models, drawing): nothing to keep
+        print('timm-gct compare: interrupted', file=sys.stderr)
+        return 130
+    if interrupted:
+        return 130
+    return 0 if results else 1  # no model finished an epoch
 
 
 def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -137,8 +142,8 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group('device and output')
     g.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)')
     g.add_argument('--amp', action='store_true', help='mixed precision (torch.autocast)')
-    g.add_argument('--amp-dtype', default=d.amp_dtype, choices=('bfloat16', 'float16'),
-                   help='(default: %(default)s; float16 adds a gradient scaler)')
+    g.add_argument('--amp-dtype', default=None, choices=('bfloat16', 'float16'),
+                   help='(default: float16 with a loss scaler on CUDA, as train.py; bfloat16 elsewhere)')
     g.add_argument('--channels-last', action='store_true', help='channels_last memory layout for models and inputs')
     g.add_argument('--output', default=None, help='output directory (default: output/compare/<time>-<dataset>)')
     g.add_argument('--no-progress', action='store_true', help='no progress bars')

@@ -11,7 +11,8 @@ Both cues survive timm's default training augmentation: a horizontal flip keeps 
 resized crops keep their direction, and colour jitter (brightness, contrast, saturation) leaves hue alone.
 
 Everything comes from a ``torch.Generator`` seeded with ``seed`` (the validation split uses a different stream), so a
-given ``(split, num_samples, seed)`` gives the same images on every machine, bit for bit.
+given ``(split, num_samples, seed)`` gives the same images bit for bit with a given torch version on a given kind of
+CPU (torch may pick other CPU kernels for ``sin`` or random numbers on another instruction set or version).
 """
 import math
 from typing import Callable, Optional, Tuple
