@@ -1,8 +1,10 @@
 """ Shared test helpers. """
 import torch
+from typing import Callable, Dict
+
 from torch import nn
 
-__all__ = ['randomize']
+__all__ = ['assert_gradients_match', 'randomize']
 
 
 def randomize(module: nn.Module, seed: int = 0, scale: float = 1.) -> nn.Module:
@@ -21,3 +23,23 @@ def randomize(module: nn.Module, seed: int = 0, scale: float = 1.) -> nn.Module:
             elif name.endswith('running_var'):
                 b.copy_(torch.rand(b.shape, generator=g, dtype=torch.float64) + 0.5)
     return module
+
+
+def assert_gradients_match(
+        layer: nn.Module,
+        x: torch.Tensor,
+        reference: Callable[[torch.Tensor, Dict[str, torch.Tensor]], torch.Tensor],
+) -> None:
+    """Backpropagate one random upstream gradient through ``layer`` and through ``reference(x, params)`` (the
+    official math written with the layer's parameters passed as leaf tensors), and require equal gradients for the
+    input and every parameter (float64 tolerances)."""
+    x = x.detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    ref_params = {n: p.detach().clone().requires_grad_() for n, p in layer.named_parameters()}
+    out = layer(x)
+    upstream = torch.randn(out.shape, dtype=out.dtype)
+    (out * upstream).sum().backward()
+    (reference(x_ref, ref_params) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[n].grad, rtol=1e-9, atol=1e-12, msg=n)

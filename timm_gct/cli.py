@@ -18,6 +18,7 @@ import timm
 import torch
 
 import timm_gct
+from ._text import text_table
 from .compare import DEFAULT_MODELS, SCHEDULES, CompareConfig, CompareError, compare
 from .stats import ModelStats, measure
 
@@ -61,9 +62,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         'Params and GMACs are measured from each model at its default input size, batch 1; "added params" is '
         'against the plain ResNet of the same depth and stem (timm resnetN, or resnetN_cifar); "attn layers" '
         'counts distinct attention modules (DIA shares one per stage).')
-    widths = [max(len(r[i]) for r in [list(_LIST_COLUMNS)] + rows) for i in range(len(_LIST_COLUMNS))]
-    for row in [list(_LIST_COLUMNS)] + rows:
-        print('  '.join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print(text_table(_LIST_COLUMNS, rows, left=3))
     return 0
 
 

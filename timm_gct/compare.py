@@ -37,6 +37,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import AverageMeter, NativeScaler, accuracy, random_seed
 from tqdm import tqdm
 
+from ._text import text_table
 from .stats import count_macs
 from .synthetic import SYNTHETIC_DESCRIPTION, SyntheticStripes
 
@@ -538,11 +539,7 @@ def format_table(results: Sequence[ModelResult], dataset: str) -> str:
         r.model, f'{r.params / 1e6:.2f}', f'{r.macs / 1e9:.3f}', _fmt(r.train_img_s, '.1f'), _fmt(r.eval_img_s, '.1f'),
         f'{r.best_top1:.2f}', _fmt(r.top5, '.2f'), 'baseline' if r.is_baseline else _fmt(r.delta_top1, '+.2f'),
     ] for r in results]
-    widths = [max(len(row[i]) for row in [list(head)] + rows) for i in range(len(head))]
-    lines = [f'Results on {dataset}']
-    for row in [list(head)] + rows:
-        lines.append('  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-    return '\n'.join(lines)
+    return f'Results on {dataset}\n' + text_table(head, rows)
 
 
 def plot_curves(csv_path: Path, png_path: Path, title: str) -> bool:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.gsop import GSoPChannelAttention, channel_covariance
-from tests.helpers import randomize
+from tests.helpers import assert_gradients_match, randomize
 
 
 def _covpool(z):
@@ -57,15 +57,8 @@ def test_matches_official_math_in_float64(training, stride, hw):
 @pytest.mark.parametrize('training', [True, False])
 def test_gradients_match_official_math_in_float64(training):
     layer = _random_gsop(16, att_dim=8, stride=2).train(training)
-    x = torch.randn(3, 16, 6, 6, dtype=torch.float64, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_()
-    ref_params = {n: p.detach().clone().requires_grad_() for n, p in layer.named_parameters()}
-    upstream = torch.randn(3, 16, 6, 6, dtype=torch.float64)
-    (layer(x) * upstream).sum().backward()
-    (_reference(x_ref, layer, ref_params, training) * upstream).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)
-    for n, p in layer.named_parameters():
-        torch.testing.assert_close(p.grad, ref_params[n].grad, rtol=1e-9, atol=1e-12, msg=n)
+    x = torch.randn(3, 16, 6, 6, dtype=torch.float64)
+    assert_gradients_match(layer, x, lambda x_ref, params: _reference(x_ref, layer, params, training))
 
 
 def test_running_statistics_update_like_the_official_block():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.soca import SecondOrderChannelAttention, newton_schulz_sqrtm, second_order_descriptor
-from tests.helpers import randomize
+from tests.helpers import assert_gradients_match, randomize
 
 
 def _ibar(m, dtype=torch.float64):
@@ -113,15 +113,8 @@ def test_matches_official_math_in_float64(channels, kwargs, blocks):
 @pytest.mark.parametrize('kwargs,blocks', [(dict(), None), (dict(cov_group_size=3), [3, 3, 3, 3])])
 def test_gradients_match_official_math_in_float64(kwargs, blocks):
     layer = _random_soca(12, reduction=3, **kwargs)
-    x = torch.randn(2, 12, 5, 6, dtype=torch.float64, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_()
-    ref_params = {n: p.detach().clone().requires_grad_() for n, p in layer.named_parameters()}
-    upstream = torch.randn(2, 12, 5, 6, dtype=torch.float64)
-    (layer(x) * upstream).sum().backward()
-    (_reference(x_ref, layer, ref_params, blocks) * upstream).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)
-    for n, p in layer.named_parameters():
-        torch.testing.assert_close(p.grad, ref_params[n].grad, rtol=1e-9, atol=1e-12, msg=n)
+    x = torch.randn(2, 12, 5, 6, dtype=torch.float64)
+    assert_gradients_match(layer, x, lambda x_ref, params: _reference(x_ref, layer, params, blocks))
 
 
 def test_autograd_equals_the_official_hand_written_backward():

@@ -1,0 +1,14 @@
+""" Plain-text tables for the command line. """
+from typing import Sequence
+
+__all__ = ['text_table']
+
+
+def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Columns two spaces apart, each as wide as its widest cell; the first ``left`` are left-aligned (names), the
+    rest right-aligned (numbers)."""
+    table = [list(head)] + [list(r) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return '\n'.join(
+        '  '.join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in table)
