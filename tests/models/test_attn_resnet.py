@@ -1,13 +1,15 @@
-""" The registration table: names, cfgs, placement, CIFAR stems, kwargs and identity-at-init at model level. """
+""" The registration table: names, cfgs, placement, CIFAR stems, kwargs, identity-at-init at model level and the
+pretrained tags that start from timm's ResNet weights. """
 import subprocess
 import sys
 
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file, save_file
 
 from timm_gct.layers import GatedChannelTransform, GlobalContextBlock, NormalizationAttention
-from timm_gct.models import MECHANISMS, model_mechanism
+from timm_gct.models import MECHANISMS, RESNET_WEIGHTS, model_mechanism, resnet_weights_source, resnet_weights_tag
 
 DEPTHS = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS = (18, 34, 50)
@@ -18,7 +20,7 @@ def _expected_names(prefix, depths=DEPTHS, cifar_depths=CIFAR_DEPTHS):
 
 
 def test_every_family_is_registered_with_timm():
-    assert sorted(timm.list_models('gct_*')) == _expected_names('gct')
+    assert sorted(timm.list_models('gct_*', module='attn_resnet')) == _expected_names('gct')
     assert sorted(timm.list_models('nam_*')) == _expected_names('nam')
     assert sorted(timm.list_models('gc_resnet*')) == _expected_names('gc')
     assert sorted(timm.list_models('resnet*_cifar')) == ['resnet18_cifar', 'resnet34_cifar', 'resnet50_cifar']
@@ -38,12 +40,85 @@ def test_no_registered_name_shadows_a_timm_model():
     assert result.stdout.strip() == '[]'
 
 
-def test_models_have_cfgs_and_no_weights_yet():
+def test_models_have_cfgs_and_only_identity_models_have_weights():
     names = timm.list_models(module='attn_resnet')
     assert sorted(timm.list_models(module='attn_resnet', name_matches_cfg=True)) == sorted(names)
-    assert timm.list_models(module='attn_resnet', pretrained=True) == []
-    cfg = timm.get_pretrained_cfg('gct_resnet50')
-    assert cfg.paper_ids == 'arXiv:1909.11519' and cfg.hf_hub_id is None
+    pretrained = timm.list_models(module='attn_resnet', pretrained=True, include_tags=False)
+    identity = [m for m in MECHANISMS.values() if m.identity_init]
+    assert sorted(m.name for m in identity) == ['cc', 'gc', 'gct']
+    assert sorted(pretrained) == sorted(f'{m.name}_resnet{d}' for m in identity for d in m.depths)
+    assert timm.get_pretrained_cfg('nam_resnet50').hf_hub_id is None
+    assert timm.get_pretrained_cfg('gct_resnet18_cifar').hf_hub_id is None
+
+
+@pytest.mark.parametrize('mechanism', ['gct', 'gc', 'cc'])
+@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
+def test_resnet_weights_tags_say_what_they_hold(mechanism, depth):
+    """Each tag points at timm's own ResNet weights, and its name and cfg say the attention is untrained."""
+    title = MECHANISMS[mechanism].title
+    tags = [n.split('.', 1)[1] for n in timm.list_pretrained(f'{mechanism}_resnet{depth}.*')]
+    assert tags == [resnet_weights_tag(t) for t in RESNET_WEIGHTS[depth]]
+    assert timm.get_pretrained_cfg(f'{mechanism}_resnet{depth}').tag == tags[0]  # timm's default tag for the depth
+    for tag in tags:
+        source = resnet_weights_source(f'{mechanism}_resnet{depth}.{tag}')
+        assert tag.startswith('resnet_') and tag.endswith('_attn_identity')
+        cfg = timm.get_pretrained_cfg(f'{mechanism}_resnet{depth}.{tag}')
+        src = timm.get_pretrained_cfg(source)
+        assert cfg.hf_hub_id == f'timm/{source}' == src.hf_hub_id
+        assert f'not {title}-trained' in cfg.description and 'identity' in cfg.description
+        assert source in cfg.description and cfg.notes
+        for key in ('input_size', 'test_input_size', 'interpolation', 'crop_pct', 'mean', 'std', 'license'):
+            assert getattr(cfg, key) == getattr(src, key), key
+
+
+def _resnet_weights_file(tmp_path, plain: str) -> str:
+    base = timm.create_model(plain)
+    path = str(tmp_path / 'model.safetensors')
+    save_file(_randomized_state_dict(base), path)
+    return path
+
+
+@pytest.mark.parametrize('name', [
+    'gct_resnet18.resnet_tv_in1k_attn_identity', 'gc_resnet50.resnet_a1_in1k_attn_identity',
+    'cc_resnet18.resnet_a1_in1k_attn_identity'])
+def test_resnet_weights_tag_reproduces_the_resnet(tmp_path, name):
+    """pretrained=True through timm's loader (a local file standing in for the Hub file): the ResNet's logits."""
+    plain = resnet_weights_source(name).split('.')[0]
+    file = _resnet_weights_file(tmp_path, plain)
+    base = timm.create_model(plain, pretrained=True, pretrained_cfg_overlay=dict(file=file)).eval()
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=file)).eval()
+    assert model.pretrained_cfg['tag'] == name.split('.')[1]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = base(x)
+        assert expected.abs().max() > 0
+        assert torch.equal(model(x), expected)
+
+
+def test_resnet_weights_load_with_a_new_head(tmp_path):
+    file = _resnet_weights_file(tmp_path, 'resnet18')
+    for num_classes in (10, 0):
+        model = timm.create_model(
+            'gct_resnet18', pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=file))
+        assert model.num_classes == num_classes
+        assert torch.equal(model.layer1[0].conv1.weight, load_file(file)['layer1.0.conv1.weight'])
+
+
+def test_resnet_weights_mismatch_names_the_keys(tmp_path):
+    state = _randomized_state_dict(timm.create_model('resnet18'))
+    del state['layer2.0.bn1.running_mean']
+    state['extra.weight'] = torch.zeros(1)
+    path = str(tmp_path / 'bad.safetensors')
+    save_file(state, path)
+    with pytest.raises(ValueError, match=r"gct_resnet18: .*only attention-layer keys may be missing.*"
+                                         r"layer2\.0\.bn1\.running_mean.*extra\.weight"):
+        timm.create_model('gct_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=path))
+
+
+def test_resnet_weights_of_another_depth_are_a_shape_error(tmp_path):
+    file = _resnet_weights_file(tmp_path, 'resnet34')
+    with pytest.raises((ValueError, RuntimeError), match='layer'):
+        timm.create_model('gct_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=file))
 
 
 def test_model_mechanism():

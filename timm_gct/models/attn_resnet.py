@@ -28,20 +28,26 @@ plain baselines ``resnet{18,34,50}_cifar``. Model kwargs on top of timm's ResNet
 Papers: ResNet, `Deep Residual Learning for Image Recognition` - https://arxiv.org/abs/1512.03385; each mechanism's
 paper and official code are in ``MECHANISMS`` below (and in its layer's docstring).
 """
+import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
+import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import get_attn
 from ..layers._checks import check_choice
 from ..layers.dia import DIAStage
 
-__all__ = ['Mechanism', 'MECHANISMS', 'model_mechanism']  # register_model adds each entrypoint fn to this
+__all__ = [
+    'Mechanism', 'MECHANISMS', 'RESNET_WEIGHTS', 'model_mechanism', 'resnet_weights_source', 'resnet_weights_tag',
+]  # register_model adds each entrypoint fn to this
+
+_logger = logging.getLogger(__name__)
 
 # Source: the official NAM CIFAR-100 script (Christian-lyc/NAM train_cifar100.py), which uses CIFAR-10 statistics.
 CIFAR_DEFAULT_MEAN = (0.49139968, 0.48215827, 0.44653124)
@@ -101,18 +107,19 @@ class Mechanism:
     stage_wrapper: Optional[Callable[..., nn.Module]] = None  # (blocks, channels, device, dtype) -> stage module
     depths: Tuple[int, ...] = (18, 34, 50, 101, 152)
     cifar_depths: Tuple[int, ...] = (18, 34, 50)
+    identity_init: bool = False  # the layer is exactly the identity at init: the ImageNet models get ResNet weights
 
 
 MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
     Mechanism(
         'gct', 'GCT', 'Gated Channel Transformation for Visual Recognition', 'arXiv:1909.11519',
-        'https://github.com/z-x-yang/GCT'),
+        'https://github.com/z-x-yang/GCT', identity_init=True),
     Mechanism(
         'nam', 'NAM', 'NAM: Normalization-based Attention Module', 'arXiv:2111.12419',
         'https://github.com/Christian-lyc/NAM'),
     Mechanism(
         'gc', 'GC', 'GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond', 'arXiv:1904.11492',
-        'https://github.com/xvjiarui/GCNet', stages=(2, 3, 4)),
+        'https://github.com/xvjiarui/GCNet', stages=(2, 3, 4), identity_init=True),
     Mechanism(
         'triplet', 'Triplet', 'Rotate to Attend: Convolutional Triplet Attention Module', 'arXiv:2010.03045',
         'https://github.com/landskape-ai/triplet-attention'),
@@ -146,7 +153,7 @@ MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
     Mechanism(
         # Official: one module, applied twice, on the backbone's final feature map; here the last block of stage 4.
         'cc', 'CC', 'CCNet: Criss-Cross Attention for Semantic Segmentation', 'arXiv:1811.11721',
-        'https://github.com/speedinghzl/CCNet', stages=(4,), blocks='last'),
+        'https://github.com/speedinghzl/CCNet', stages=(4,), blocks='last', identity_init=True),
     Mechanism(
         'dia', 'DIA', 'DIANet: Dense-and-Implicit Attention Network', 'arXiv:1905.10671',
         'https://github.com/gbup-group/DIANet', stage_wrapper=DIAStage),
@@ -199,8 +206,68 @@ def _model_cfg(model_def: _ModelDef) -> Dict[str, Any]:
     return _cfg(pool_size=(pool, pool), **paper)
 
 
+# timm's plain-ResNet weights that the identity-at-init mechanisms start from: timm's default tag for the depth
+# (ResNet Strikes Back A1 / A1h) and torchvision's original weights.
+RESNET_WEIGHTS: Dict[int, Tuple[str, ...]] = {
+    18: ('a1_in1k', 'tv_in1k'),
+    34: ('a1_in1k', 'tv_in1k'),
+    50: ('a1_in1k', 'tv_in1k'),
+    101: ('a1h_in1k', 'tv_in1k'),
+    152: ('a1h_in1k', 'tv_in1k'),
+}
+_RESNET_WEIGHTS_SUFFIX = '_attn_identity'
+# The source cfg's fields that describe its weights and their data; the rest (papers, name) stays this model's own.
+_SOURCE_FIELDS = (
+    'input_size', 'test_input_size', 'interpolation', 'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std',
+    'num_classes', 'pool_size', 'test_pool_size', 'license', 'origin_url')
+
+
+def resnet_weights_tag(source_tag: str) -> str:
+    """Tag of an identity-at-init model holding timm's ``resnet<depth>.<source_tag>`` weights."""
+    return f'resnet_{source_tag}{_RESNET_WEIGHTS_SUFFIX}'
+
+
+def resnet_weights_source(model_name: str) -> Optional[str]:
+    """``gct_resnet50.resnet_a1_in1k_attn_identity`` -> ``resnet50.a1_in1k``; None for any other name."""
+    arch, _, tag = model_name.partition('.')
+    if arch not in _MODEL_DEFS or not (tag.startswith('resnet_') and tag.endswith(_RESNET_WEIGHTS_SUFFIX)):
+        return None
+    source_tag = tag[len('resnet_'):-len(_RESNET_WEIGHTS_SUFFIX)]
+    return f'resnet{_MODEL_DEFS[arch].depth}.{source_tag}'
+
+
+def _resnet_weights_cfg(model_def: _ModelDef, source_tag: str) -> Dict[str, Any]:
+    source = get_pretrained_cfg(f'resnet{model_def.depth}.{source_tag}').to_dict()
+    title = model_def.mechanism.title
+    cfg = _model_cfg(model_def)
+    return {
+        **cfg,
+        **{k: source[k] for k in _SOURCE_FIELDS if source.get(k) is not None},
+        'paper_ids': (cfg['paper_ids'],) + ((source['paper_ids'],) if source.get('paper_ids') else ()),
+        'hf_hub_id': source['hf_hub_id'],  # the ResNet's own Hub repo: its weights file is downloaded and shared
+        'description': (
+            f"timm's resnet{model_def.depth}.{source_tag} weights ({source['hf_hub_id']}) with every {title} layer "
+            f"at its identity initialisation, untrained: the model computes exactly that ResNet's function. A "
+            f'starting point for fine-tuning, not {title}-trained weights.'),
+        'notes': (
+            f"Only the {title} layers' parameters are absent from the source weights; they keep their init.",),
+    }
+
+
+def _model_cfgs() -> Dict[str, Dict[str, Any]]:
+    cfgs = {}
+    for name, d in _MODEL_DEFS.items():
+        if d.mechanism is not None and d.mechanism.identity_init and not d.cifar:
+            # Tagged cfgs only, so pretrained=True without a tag takes the first one, as for timm's resnet50.
+            cfgs.update({
+                f'{name}.{resnet_weights_tag(t)}': _resnet_weights_cfg(d, t) for t in RESNET_WEIGHTS[d.depth]})
+        else:
+            cfgs[name] = _model_cfg(d)
+    return cfgs
+
+
 # timm reads ``default_cfgs`` when ``register_model`` runs, so it must be defined above the entrypoints.
-default_cfgs = generate_default_cfgs({name: _model_cfg(d) for name, d in _MODEL_DEFS.items()})
+default_cfgs = generate_default_cfgs(_model_cfgs())
 
 
 def _use_cifar_stem(model: ResNet) -> None:
@@ -305,6 +372,26 @@ def _attn_factory(
     return make
 
 
+def _keep_attn_init(state_dict: Dict[str, torch.Tensor], model: ResNet) -> Dict[str, torch.Tensor]:
+    """``pretrained_filter_fn`` of the identity-at-init mechanisms: plain-ResNet weights load, the attention keeps
+    its init. Only attention-layer keys (block attribute ``se``) may be absent; any other missing or unexpected key is
+    a ValueError naming them. The classifier is left to timm, which drops it when ``num_classes`` differs."""
+    own = model.state_dict()
+    classifier = f"{model.pretrained_cfg.get('classifier', 'fc')}."
+    attn = {k for k in own if 'se' in k.split('.')[:-1]}
+    missing = sorted(k for k in own.keys() - state_dict.keys() - attn if not k.startswith(classifier))
+    unexpected = sorted(k for k in state_dict.keys() - own.keys() if not k.startswith(classifier))
+    if missing or unexpected:
+        arch = model.pretrained_cfg.get('architecture', type(model).__name__)
+        raise ValueError(
+            f'{arch}: the pretrained weights do not fit this model; only attention-layer keys may be missing. '
+            f'Missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}.')
+    kept = sorted(attn - state_dict.keys())
+    if kept:
+        _logger.info(f'{len(kept)} attention-layer tensors are not in the pretrained weights and keep their init.')
+    return {**state_dict, **{k: own[k] for k in kept}}
+
+
 def _create_attn_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
     model_def = _MODEL_DEFS[variant]
     block, layers = _DEPTHS[model_def.depth]
@@ -326,6 +413,8 @@ def _create_attn_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -
             attn_layer = _attn_factory(variant, get_attn(m.name), attn_kwargs, stage_kwargs, widths)
             model_args['block_args'] = {'attn_layer': attn_layer, **(kwargs.pop('block_args', None) or {})}
         layer4_stride = 2 if model_def.cifar else m.layer4_stride
+        if m.identity_init:
+            kwargs.setdefault('pretrained_filter_fn', _keep_attn_init)
     model_args['layer4_stride'] = kwargs.pop('layer4_stride', layer4_stride)
     check_choice(variant, 'layer4_stride', model_args['layer4_stride'], (2, 1))
     if model_def.cifar:
