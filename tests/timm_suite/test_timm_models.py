@@ -5,15 +5,15 @@ and pruning tests by timm module name, which never matches a plugin module, so t
 explicitly on this package's models by calling timm's test functions.
 """
 import pytest
-import timm
 
+from .conftest import suite_models
 from .timm_tests import load_timm_test_models
 
 _timm_tests = load_timm_test_models()
 # Its tests and fixtures (e.g. cfg_device), as if they were defined here.
 globals().update({k: v for k, v in vars(_timm_tests).items() if not k.startswith('_')})
 
-_OUR_MODELS = timm.list_models(module='attn_resnet')  # conftest deselects those outside --timm-suite
+_OUR_MODELS = suite_models('full')  # conftest deselects those outside --timm-suite
 
 
 @pytest.mark.features
