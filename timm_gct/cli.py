@@ -3,6 +3,9 @@
     timm-gct list [PATTERN ...] [--format table|csv|json]   registered models, measured from the models
     timm-gct run SCRIPT [ARGS ...]                         run a timm script (validate.py, ...) with timm_gct loaded
     timm-gct compare [--models a,b,c] [--dataset ...]     train a baseline and attention models side by side
+    timm-gct card MODEL[.TAG] [--output FILE]              a Hugging Face model card for a registered model
+    timm-gct push CHECKPOINT --model NAME --repo-id ORG/NAME.TAG [--save-dir DIR]   publish train.py weights
+    timm-gct convert CHECKPOINT --save-dir DIR [--model NAME]   an official FcaNet / ECA-Net / GCT checkpoint
 """
 import argparse
 import csv
@@ -10,6 +13,7 @@ import fnmatch
 import json
 import runpy
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -20,6 +24,10 @@ import torch
 import timm_gct
 from ._text import text_table
 from .compare import DEFAULT_MODELS, SCHEDULES, CompareConfig, CompareError, compare
+from .convert import SUPPORTED, convert_checkpoint
+from .hub import (
+    CardError, build_from_checkpoint, converted_weights, load_train_checkpoint, push_to_hub, render_card,
+    save_pretrained, trained_weights)
 from .stats import ModelStats, measure
 
 __all__ = ['main']
@@ -149,6 +157,112 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
+def _cmd_card(args: argparse.Namespace) -> int:
+    try:
+        model = timm.create_model(args.model, device='meta')  # measured without memory or compute
+    except RuntimeError as e:  # timm: unknown model or tag
+        print(f'timm-gct card: error: {e}', file=sys.stderr)
+        return 2
+    try:
+        card = render_card(model, args.model)
+    except CardError as e:
+        print(f'timm-gct card: error: {e}', file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(card, encoding='utf-8')
+    else:
+        sys.stdout.write(card)
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    repo = args.repo_id.split('/')
+    if len(repo) != 2 or not all(repo):
+        print(f'timm-gct push: error: --repo-id {args.repo_id!r} is not allowed; expected ORG/NAME (e.g. '
+              f'my-org/gct_resnet50.ft_in1k).', file=sys.stderr)
+        return 2
+    try:
+        checkpoint = load_train_checkpoint(args.checkpoint, use_ema=args.use_ema)
+        model = build_from_checkpoint(args.model, checkpoint)
+        data_config = timm.data.resolve_data_config(checkpoint.args, model=model) if checkpoint.args else None
+        weights = trained_weights(checkpoint, args.checkpoint, args.dataset or ())
+        model_id = f'hf-hub:{args.repo_id}'
+        if args.save_dir:
+            folder = save_pretrained(model, args.save_dir, model_id, weights, data_config)
+            print(f'timm-gct push: wrote {", ".join(sorted(p.name for p in folder.iterdir()))} to {folder}; load it '
+                  f"with timm.create_model('local-dir:{folder}', pretrained=True) after `import timm_gct`")
+            return 0
+        with tempfile.TemporaryDirectory() as tmp:
+            save_pretrained(model, tmp, model_id, weights, data_config)
+            url = push_to_hub(tmp, args.repo_id, private=args.private, revision=args.revision,
+                              commit_message=args.commit_message)
+    except CardError as e:
+        print(f'timm-gct push: error: {e}', file=sys.stderr)
+        return 2
+    print(f"timm-gct push: uploaded to {url}; load it with timm.create_model('{model_id}', pretrained=True) after "
+          f'`import timm_gct`')
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        model_name, state_dict = convert_checkpoint(args.checkpoint, args.model)
+    except ValueError as e:
+        print(f'timm-gct convert: error: {e}', file=sys.stderr)
+        return 2
+    model = timm.create_model(model_name)
+    model.load_state_dict(state_dict)  # convert_checkpoint checked every key and shape against this model
+    folder = Path(args.save_dir).resolve()
+    save_pretrained(model.eval(), str(folder), f'local-dir:{folder}', converted_weights(model_name, args.checkpoint))
+    files = ', '.join(sorted(p.name for p in folder.iterdir()))
+    print(f'timm-gct convert: {args.checkpoint} -> {model_name}; wrote {files} to {folder}; load it with '
+          f"timm.create_model('local-dir:{folder}', pretrained=True) after `import timm_gct`; upload it unchanged "
+          f'with `hf upload ORG/NAME {folder}`')
+    return 0
+
+
+def _add_hub_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'card', help='print a Hugging Face model card for a registered model (with an optional pretrained tag)',
+        description="Render the model card timm_gct writes to the Hub for MODEL[.TAG]: timm's layout, with params, "
+                    'GMACs and activations measured from the model and the mechanism\'s paper, code and citation.')
+    p.add_argument('model', metavar='MODEL[.TAG]')
+    p.add_argument('--output', default=None, help='write the card to this file instead of stdout')
+    p.set_defaults(func=_cmd_card)
+
+    p = sub.add_parser(
+        'push', help="publish a train.py checkpoint to the Hugging Face Hub (or a local folder with --save-dir)",
+        description="Load CHECKPOINT (train.py's model_best.pth.tar, a state dict or a .safetensors file; torch files "
+                    'with weights_only=True), build --model with the checkpoint\'s model arguments, and write '
+                    'model.safetensors, config.json and a model card; upload them to --repo-id, or keep them in '
+                    "--save-dir. Load the result with timm.create_model('hf-hub:ORG/NAME', pretrained=True) after "
+                    '`import timm_gct`. Uploading needs a Hub token (huggingface-cli login or HF_TOKEN).')
+    p.add_argument('checkpoint', metavar='CHECKPOINT')
+    p.add_argument('--model', required=True, help='the registered model the checkpoint was trained as')
+    p.add_argument('--repo-id', required=True, metavar='ORG/NAME.TAG',
+                   help='Hub repository, e.g. org/gct_resnet50.ft_in1k')
+    p.add_argument('--private', action='store_true', help='create the repository as private')
+    p.add_argument('--revision', default=None, help='branch to upload to (created when missing; default: main)')
+    p.add_argument('--save-dir', default=None, help='write the folder here instead of uploading')
+    p.add_argument('--use-ema', action='store_true', help="publish the checkpoint's EMA weights (train.py --model-ema)")
+    p.add_argument('--dataset', action='append', default=None,
+                   help='dataset the weights were trained on, for the card (a Hub dataset id, e.g. imagenet-1k); '
+                        'repeatable')
+    p.add_argument('--commit-message', default='Add model', help='(default: %(default)s)')
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser(
+        'convert', help="convert a released official checkpoint (FcaNet, ECA-Net, GCT) to this package's model",
+        description='Load an official checkpoint (weights_only=True), detect its layout and depth from the keys, map '
+                    'the keys to the registered model, check every key and shape, and write model.safetensors, '
+                    'config.json and a model card to --save-dir. Supported: '
+                    + '; '.join(source.describe() for source in SUPPORTED.values()) + '.')
+    p.add_argument('checkpoint', metavar='CHECKPOINT')
+    p.add_argument('--save-dir', required=True, help='output folder (a timm local-dir: model)')
+    p.add_argument('--model', default=None, help='expected model (default: detected from the keys)')
+    p.set_defaults(func=_cmd_convert)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-gct', description='Attention-augmented ResNets for timm.')
     parser.add_argument('--version', action='version', version=f'timm_gct {timm_gct.__version__}')
@@ -167,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     _add_compare_parser(sub)
+    _add_hub_parsers(sub)
     return parser
 
 

@@ -1,20 +1,22 @@
-""" Model statistics measured from the model itself: parameter counts and MACs.
+""" Model statistics measured from the model itself: parameter counts, MACs and activations.
 
 Nothing here is typed in by hand. Models are built on the meta device, so measuring even a ResNet-152 allocates no
 memory and runs no arithmetic: ``torch.utils.flop_counter`` counts the multiply-accumulates of convolutions,
 matrix products and linear layers from tensor shapes alone (elementwise ops such as a channel gate are not counted,
-as in timm's model cards).
+as in timm's model cards). Activations follow the definition behind timm's cards (fvcore's activation count):
+the number of output elements of every convolution and matrix product.
 """
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import timm
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import model_mechanism
 
-__all__ = ['ModelStats', 'count_macs', 'measure', 'plain_twin']
+__all__ = ['ModelStats', 'count_activations', 'count_macs', 'measure', 'plain_twin']
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,31 @@ def count_macs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.empty(1, *input_size, device='meta'))
     return counter.get_total_flops() // 2
+
+
+_aten = torch.ops.aten
+# Convolutions and matrix products as they reach the dispatcher (nn.Linear and matmul/einsum decompose into these).
+_ACTIVATION_OPS = {_aten.convolution.default, _aten.mm.default, _aten.addmm.default, _aten.bmm.default,
+                   _aten.baddbmm.default}
+
+
+class _ActivationCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _ACTIVATION_OPS:
+            self.count += out.numel()
+        return out
+
+
+def count_activations(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> int:
+    """Output elements of the convolutions and matrix products of one forward pass at batch size 1."""
+    with torch.no_grad(), _ActivationCounter() as counter:
+        model(torch.empty(1, *input_size, device=next(model.parameters()).device))
+    return counter.count
 
 
 def _params(model: torch.nn.Module) -> int:

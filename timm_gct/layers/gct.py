@@ -18,9 +18,10 @@ Deviations from the official code, all without a change of math:
   alpha and gamma keep their 4-D shape and are decayed, as officially.
 * An unknown mode is a ValueError at construction (the official code calls an unimported ``sys.exit``).
 
-Placement: the official ResNets put a GCT in front of every convolution (stride in the first 1x1 conv); timm's
-``attn_layer`` hook places one per residual block after the last BN, which the authors' README reports costs only
-0.1-0.2 % top-1 on ImageNet.
+Placement: the official ResNets put a GCT in front of every convolution (stride in the first 1x1 conv; registered
+as ``gct_resnet*_official``); timm's ``attn_layer`` hook places one per residual block after the last BN. The
+authors' README reports that one GCT per block costs only 0.1-0.2 % top-1 on ImageNet, but placed before the first
+or the last 1x1 conv, not after the last BN.
 """
 from typing import Optional
 
