@@ -6,8 +6,10 @@ tests/models/test_gct_official.py), randomised, saved as the official training s
 strictly into timm.create_model(name) and compared on the logits in float64.
 """
 import argparse
+import hashlib
 import json
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 import timm
@@ -268,20 +270,40 @@ def test_not_a_state_dict(tmp_path):
 def test_pickled_objects_are_refused_not_executed(eca_net, tmp_path):
     path = tmp_path / 'args.pth'
     torch.save({'state_dict': eca_net.state_dict(), 'args': argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(ValueError, match=r'cannot be loaded with weights_only=True.*argparse\.Namespace'):
+    with pytest.raises(ValueError, match=r'cannot be loaded with weights_only=True.*: it holds argparse\.Namespace'):
         convert_checkpoint(path)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return Path.touch, (Path(self.marker),)
+
+
+def test_code_in_a_checkpoint_never_runs(tmp_path):
+    torch.save({'layer1.0.conv1.weight': torch.zeros(1), 'x': _RunsCode(tmp_path / 'ran')}, tmp_path / 'evil.pth')
+    with pytest.raises(ValueError, match='cannot be loaded with weights_only=True'):
+        convert_checkpoint(tmp_path / 'evil.pth')
+    assert not (tmp_path / 'ran').exists()
+    with pytest.raises(ValueError, match=r"path='.*nothing\.pth' is not a file"):
+        convert_checkpoint(tmp_path / 'nothing.pth')
 
 
 def test_cli_convert_writes_a_local_dir_model(eca_net, tmp_path, capsys):
     path = tmp_path / 'eca_resnet18_k3577.pth.tar'
     torch.save(_ddp_container(eca_net.state_dict(), 'best_prec1'), path)
     out = tmp_path / 'converted'
-    assert main(['convert', str(path), '--save-dir', str(out)]) == 0
+    assert main(['convert', str(path), '--save-dir', str(out), '--repo-id', 'me/eca_resnet18.official_in1k']) == 0
     assert '-> eca_resnet18' in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     assert json.loads((out / 'config.json').read_text())['architecture'] == 'eca_resnet18'
     card = (out / 'README.md').read_text()
-    assert 'converted from `eca_resnet18_k3577.pth.tar`' in card and f"'local-dir:{out}', pretrained=True" in card
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert f'from `eca_resnet18_k3577.pth.tar` (sha256 {sha}), a checkpoint in the official ECA-Net layout' in card
+    assert "timm.create_model('hf-hub:me/eca_resnet18.official_in1k', pretrained=True)" in card
+    assert 'license: mit' in card  # the official repository's
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(X.float()), eca_net(X).float(), rtol=1e-4, atol=1e-4)

@@ -15,11 +15,12 @@ import pytest
 import timm
 import torch
 import yaml
+from safetensors.torch import save_file
 from torch import nn
 
 from timm_gct import hub
 from timm_gct.cli import main
-from timm_gct.stats import count_activations
+from timm_gct.stats import count_activations, count_macs
 
 from .helpers import randomize
 
@@ -176,13 +177,21 @@ def test_train_checkpoint_loads_with_weights_only(tmp_path):
 
 
 class Payload:
-    """Not a tensor, a container or train.py's Namespace: unpickling it would run arbitrary code in general."""
+    """Unpickling this runs code: it writes the file named by ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
 
 
-def test_unsafe_checkpoint_is_refused(tmp_path):
-    torch.save({'state_dict': {}, 'payload': Payload()}, tmp_path / 'evil.pth')
-    with pytest.raises(hub.CardError, match=r"cannot be loaded safely \(weights_only=True.*Payload"):
+def test_unsafe_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / 'ran'
+    torch.save({'state_dict': {}, 'payload': Payload(marker)}, tmp_path / 'evil.pth')
+    with pytest.raises(hub.CardError, match=r"cannot be loaded with weights_only=True.*Namespace: it holds"):
         hub.load_train_checkpoint(str(tmp_path / 'evil.pth'))
+    assert not marker.exists()
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):
@@ -194,9 +203,56 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     ckpt = hub.load_train_checkpoint(str(tmp_path / 'plain.pth'))
     with pytest.raises(hub.CardError, match=r'does not fit gct_resnet18_cifar .*missing keys: layer1\.0\.se\.alpha'):
         hub.build_from_checkpoint('gct_resnet18_cifar', ckpt)
+    wide = {**ckpt.state_dict, 'fc.weight': torch.zeros(10, 7)}
+    with pytest.raises(hub.CardError, match=r'other shapes: fc\.weight \(10, 7\) \(model: \(10, 512\)\)'):
+        hub.build_from_checkpoint('resnet18_cifar', hub.TrainCheckpoint(wide, {}))
     _train_checkpoint(tmp_path / 'gct.pth')
     with pytest.raises(hub.CardError, match=r"model='nam_resnet18_cifar' does not match .* 'gct_resnet18_cifar'"):
         hub.build_from_checkpoint('nam_resnet18_cifar', hub.load_train_checkpoint(str(tmp_path / 'gct.pth')))
+
+
+def test_checkpoint_rebuilds_the_model_train_py_built(tmp_path):
+    """train.py's --gp, --input-size (in_chans) and --model-kwargs change the model; the rebuilt one must match."""
+    model = randomize(timm.create_model('gc_resnet18_cifar', num_classes=4, in_chans=1, global_pool='max'),
+                      scale=0.1).eval()
+    args = argparse.Namespace(model='gc_resnet18_cifar', num_classes=4, in_chans=None, input_size=[1, 32, 32],
+                              gp='max', model_kwargs={}, bn_eps=None, bn_momentum=None)
+    torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'ckpt.pth')
+    rebuilt = hub.build_from_checkpoint('gc_resnet18_cifar', hub.load_train_checkpoint(str(tmp_path / 'ckpt.pth')))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+def test_card_cites_the_metric_only_for_the_weights_it_was_measured_on(tmp_path):
+    """With --model-ema train.py records the EMA model's metric: it belongs on the EMA weights' card only."""
+    _train_checkpoint(tmp_path / 'ema.pth')  # args without model_ema: the metric is the plain weights'
+    plain = hub.trained_weights(hub.load_train_checkpoint(str(tmp_path / 'ema.pth')), 'ema.pth')
+    assert 'top1 = 41.50' in plain.summary
+    ema = hub.load_train_checkpoint(str(tmp_path / 'ema.pth'), use_ema=True)
+    assert 'top1' not in hub.trained_weights(ema, 'ema.pth').summary
+    ema.args['model_ema'] = True
+    assert 'EMA weights' in hub.trained_weights(ema, 'ema.pth').summary
+    assert 'top1 = 41.50' in hub.trained_weights(ema, 'ema.pth').summary
+    plain_ckpt = hub.load_train_checkpoint(str(tmp_path / 'ema.pth'))
+    plain_ckpt.args['model_ema'] = True
+    assert 'top1' not in hub.trained_weights(plain_ckpt, 'ema.pth').summary
+
+
+def test_saved_card_describes_the_saved_config(tmp_path):
+    """A model trained at another size: config.json and the card agree (size, GMACs) and carry no ResNet-weights
+    provenance from the default tag it was built with."""
+    model = timm.create_model('gct_resnet18', num_classes=3).eval()
+    out = hub.save_pretrained(model, str(tmp_path / 'out'), 'hf-hub:o/gct_resnet18.x',
+                              hub.Weights(summary='Test weights.'), data_config=dict(input_size=(3, 96, 96)))
+    cfg = json.loads((out / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['input_size'] == [3, 96, 96] and 'test_input_size' not in cfg
+    assert cfg['paper_ids'] == 'arXiv:1909.11519' and cfg['description'] == 'Test weights.' and 'notes' not in cfg
+    card = (out / 'README.md').read_text()
+    macs = count_macs(_meta('gct_resnet18', num_classes=3), (3, 96, 96))
+    assert 'Image size: 96 x 96' in card and f'GMACs: {macs / 1e9:.1f}' in card
+    assert 'resnet18.a1_in1k' not in card and 'Test weights.' in card
+    assert model.pretrained_cfg['tag'] == 'resnet_a1_in1k_attn_identity'  # the caller's model is left as it was
 
 
 # -- saving and pushing -----------------------------------------------------------------------------------------
@@ -213,6 +269,7 @@ def test_push_save_dir_round_trips_through_local_dir(tmp_path, capsys):
     assert config['model_args']['attn_kwargs'] == {'eps': 1e-4}
     assert config['pretrained_cfg']['tag'] == 'ft_demo' and 'train.py recorded top1 = 41.50' in \
         config['pretrained_cfg']['description']
+    assert config['pretrained_cfg']['paper_ids'] == 'arXiv:1909.11519'
     card = (out / 'README.md').read_text()
     assert "timm.create_model('hf-hub:my-org/gct_resnet18_cifar.ft_demo', pretrained=True)" in card
     assert _front_matter(card)['datasets'] == ['cifar10'] and 'after 3 epochs' in card
@@ -369,3 +426,22 @@ def test_hf_hub_download_end_to_end(tmp_path, local_hub):
     missing = subprocess.run([sys.executable, '-c', _LOAD, 'hf-hub:my-org/nope', str(tmp_path / 'x.pt')], env=env,
                              capture_output=True, text=True)
     assert missing.returncode != 0 and 'RepositoryNotFound' in missing.stderr
+
+
+def test_resnet_weights_tag_downloads_timms_file_through_the_hub(tmp_path, local_hub):
+    """The ResNet-weights tag's real path: timm's Hub repo (timm/resnet18.a1_in1k here) served locally."""
+    endpoint, handler = local_hub
+    resnet = randomize(timm.create_model('resnet18'), scale=0.1).eval()
+    repo = tmp_path / 'hub' / 'timm' / 'resnet18.a1_in1k'
+    repo.mkdir(parents=True)
+    save_file(resnet.state_dict(), str(repo / 'model.safetensors'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_'))}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_DISABLE_TELEMETRY='1')
+    load = _LOAD.replace('32, 32', '64, 64')
+    result = subprocess.run([sys.executable, '-c', load, 'gct_resnet18.resnet_a1_in1k_attn_identity',
+                             str(tmp_path / 'out.pt')], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / 'out.pt'), resnet(torch.randn(2, 3, 64, 64)))
+    assert ('GET', '/timm/resnet18.a1_in1k/resolve/main/model.safetensors') in handler.requests

@@ -24,7 +24,7 @@ import torch
 import timm_gct
 from ._text import text_table
 from .compare import DEFAULT_MODELS, SCHEDULES, CompareConfig, CompareError, compare
-from .convert import SUPPORTED, convert_checkpoint
+from .convert import SUPPORTED, convert_checkpoint, supported_text
 from .hub import (
     CardError, build_from_checkpoint, converted_weights, load_train_checkpoint, push_to_hub, render_card,
     save_pretrained, trained_weights)
@@ -196,7 +196,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
             save_pretrained(model, tmp, model_id, weights, data_config)
             url = push_to_hub(tmp, args.repo_id, private=args.private, revision=args.revision,
                               commit_message=args.commit_message)
-    except CardError as e:
+    except ValueError as e:  # CardError, and ValueErrors of timm's save_for_hf
         print(f'timm-gct push: error: {e}', file=sys.stderr)
         return 2
     print(f"timm-gct push: uploaded to {url}; load it with timm.create_model('{model_id}', pretrained=True) after "
@@ -213,11 +213,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     model = timm.create_model(model_name)
     model.load_state_dict(state_dict)  # convert_checkpoint checked every key and shape against this model
     folder = Path(args.save_dir).resolve()
-    save_pretrained(model.eval(), str(folder), f'local-dir:{folder}', converted_weights(model_name, args.checkpoint))
+    source = next(s for s in SUPPORTED.values() if model_name in s.models)
+    model_id = f'hf-hub:{args.repo_id}' if args.repo_id else f'local-dir:{folder}'
+    save_pretrained(model.eval(), str(folder), model_id, converted_weights(model_name, args.checkpoint, source))
     files = ', '.join(sorted(p.name for p in folder.iterdir()))
+    upload = f'upload it unchanged with `hf upload {args.repo_id} {folder}`' if args.repo_id else \
+        'pass --repo-id ORG/NAME for a card that loads it from the Hub'
     print(f'timm-gct convert: {args.checkpoint} -> {model_name}; wrote {files} to {folder}; load it with '
-          f"timm.create_model('local-dir:{folder}', pretrained=True) after `import timm_gct`; upload it unchanged "
-          f'with `hf upload ORG/NAME {folder}`')
+          f"timm.create_model('local-dir:{folder}', pretrained=True) after `import timm_gct`; {upload}")
     return 0
 
 
@@ -236,12 +239,12 @@ def _add_hub_parsers(sub: argparse._SubParsersAction) -> None:
                     'with weights_only=True), build --model with the checkpoint\'s model arguments, and write '
                     'model.safetensors, config.json and a model card; upload them to --repo-id, or keep them in '
                     "--save-dir. Load the result with timm.create_model('hf-hub:ORG/NAME', pretrained=True) after "
-                    '`import timm_gct`. Uploading needs a Hub token (huggingface-cli login or HF_TOKEN).')
+                    '`import timm_gct`. Uploading needs a Hub token (hf auth login, or HF_TOKEN).')
     p.add_argument('checkpoint', metavar='CHECKPOINT')
     p.add_argument('--model', required=True, help='the registered model the checkpoint was trained as')
     p.add_argument('--repo-id', required=True, metavar='ORG/NAME.TAG',
                    help='Hub repository, e.g. org/gct_resnet50.ft_in1k')
-    p.add_argument('--private', action='store_true', help='create the repository as private')
+    p.add_argument('--private', action='store_true', help='create the repository as private (a new one only)')
     p.add_argument('--revision', default=None, help='branch to upload to (created when missing; default: main)')
     p.add_argument('--save-dir', default=None, help='write the folder here instead of uploading')
     p.add_argument('--use-ema', action='store_true', help="publish the checkpoint's EMA weights (train.py --model-ema)")
@@ -255,11 +258,12 @@ def _add_hub_parsers(sub: argparse._SubParsersAction) -> None:
         'convert', help="convert a released official checkpoint (FcaNet, ECA-Net, GCT) to this package's model",
         description='Load an official checkpoint (weights_only=True), detect its layout and depth from the keys, map '
                     'the keys to the registered model, check every key and shape, and write model.safetensors, '
-                    'config.json and a model card to --save-dir. Supported: '
-                    + '; '.join(source.describe() for source in SUPPORTED.values()) + '.')
+                    f'config.json and a model card to --save-dir. Supported: {supported_text()}.')
     p.add_argument('checkpoint', metavar='CHECKPOINT')
     p.add_argument('--save-dir', required=True, help='output folder (a timm local-dir: model)')
     p.add_argument('--model', default=None, help='expected model (default: detected from the keys)')
+    p.add_argument('--repo-id', default=None, metavar='ORG/NAME',
+                   help='the Hub repository the folder is meant for: the card\'s snippets load from it')
     p.set_defaults(func=_cmd_convert)
 
 

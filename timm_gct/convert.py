@@ -35,7 +35,6 @@ Supported checkpoints:
 BatchNorm ``num_batches_tracked`` entries missing from a checkpoint (files saved by PyTorch < 0.4.1) are added as 0,
 as ``BatchNorm2d`` does when it loads such a state dict.
 """
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +43,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import timm
 import torch
 
+from ._safe_load import few, safe_torch_load
 from .layers.fca import dct_filter
 
-__all__ = ['OfficialSource', 'SUPPORTED', 'convert_checkpoint', 'convert_state_dict']
+__all__ = ['OfficialSource', 'SUPPORTED', 'convert_checkpoint', 'convert_state_dict', 'supported_text']
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class OfficialSource:
     files: str  # the released file names
     where: str  # where the files are published
     models: Tuple[str, ...]  # the models they convert to
+    license: str  # of the official repository, for the card ('other': the repository states none)
 
     def describe(self) -> str:
         """One line for help texts."""
@@ -66,15 +67,15 @@ class OfficialSource:
 SUPPORTED: Dict[str, OfficialSource] = {s.name: s for s in (
     OfficialSource(
         'fca', 'FcaNet', 'fca{34,50,101,152}.pth', 'https://github.com/cfzd/FcaNet/releases/tag/v1.0',
-        ('fca_resnet34', 'fca_resnet50', 'fca_resnet101', 'fca_resnet152')),
+        ('fca_resnet34', 'fca_resnet50', 'fca_resnet101', 'fca_resnet152'), 'mit'),
     OfficialSource(
         'eca', 'ECA-Net', 'eca_resnet{18,34,50,101,152}_k*.pth.tar',
         'Google Drive / Baidu links in https://github.com/BangguWu/ECANet',
-        ('eca_resnet18', 'eca_resnet34', 'eca_resnet50', 'eca_resnet101', 'eca_resnet152')),
+        ('eca_resnet18', 'eca_resnet34', 'eca_resnet50', 'eca_resnet101', 'eca_resnet152'), 'mit'),
     OfficialSource(
         'gct', 'GCT', 'the GCT-ResNet-50 checkpoint',
         'https://drive.google.com/file/d/1y5a56UzBjUWlWwlrU42lxueJY_cBpWLL',
-        ('gct_resnet50_official',)),
+        ('gct_resnet50_official',), 'other'),
 )}
 
 # (Bottleneck?, blocks per stage) -> depth
@@ -113,13 +114,8 @@ _KEY_MAPS: Dict[str, Callable[[str], Optional[str]]] = {
 }
 
 
-def _few(keys: Iterable[str], limit: int = 5) -> str:
-    keys = list(keys)
-    more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more + f' ({len(keys)} in all)'
-
-
-def _supported_text() -> str:
+def supported_text() -> str:
+    """One line per supported checkpoint family, for help texts and errors."""
     return '; '.join(s.describe() for s in SUPPORTED.values())
 
 
@@ -146,7 +142,7 @@ def _detect(keys: Iterable[str]) -> str:
     if any(k.endswith('.eca.conv.weight') for k in keys):
         return 'eca'
     raise ValueError(
-        f'The checkpoint keys ({_few(sorted(keys), 3)}) match no supported layout; supported: {_supported_text()}.')
+        f'The checkpoint keys ({few(sorted(keys), 3)}) match no supported layout; supported: {supported_text()}.')
 
 
 def _depth(keys: Iterable[str], layout: str) -> int:
@@ -182,15 +178,15 @@ def _check(
     unmapped = unmapped + [source_keys[k] for k in state_dict if k not in expected]
     if unmapped:
         raise ValueError(
-            f'Checkpoint keys with no counterpart in {model_name}: {_few(unmapped)}.')
+            f'Checkpoint keys with no counterpart in {model_name}: {few(unmapped)}.')
     missing = [k for k in expected if k not in state_dict]
     if missing:
-        raise ValueError(f'{model_name} keys missing from the checkpoint: {_few(missing)}.')
+        raise ValueError(f'{model_name} keys missing from the checkpoint: {few(missing)}.')
     mismatched = [
         f'{source_keys[k]} {tuple(v.shape)} (expected {tuple(expected[k].shape)})'
         for k, v in state_dict.items() if v.shape != expected[k].shape]
     if mismatched:
-        raise ValueError(f'Checkpoint shapes that differ from {model_name}: {_few(mismatched)}.')
+        raise ValueError(f'Checkpoint shapes that differ from {model_name}: {few(mismatched)}.')
     return expected
 
 
@@ -204,7 +200,7 @@ def _check_dct_filters(state_dict: Dict[str, torch.Tensor], source_keys: Dict[st
                 wrong.append(source_keys[key])
     if wrong:
         raise ValueError(
-            f"Checkpoint DCT filters that are not the fixed 'top16' DCT filter: {_few(wrong)}; the fca models "
+            f"Checkpoint DCT filters that are not the fixed 'top16' DCT filter: {few(wrong)}; the fca models "
             f'only hold that filter (the FcaNet README ablations with learnt or random filters are not supported).')
 
 
@@ -232,7 +228,7 @@ def convert_state_dict(
     if not timm.is_model(detected):
         raise ValueError(
             f'The checkpoint is an official {SUPPORTED[layout].title} {detected!r}, which is not a registered model; '
-            f'supported: {_supported_text()}.')
+            f'supported: {supported_text()}.')
     converted, source_keys, unmapped = {}, {}, []
     for key, value in state_dict.items():
         new_key = _KEY_MAPS[layout](key)
@@ -263,13 +259,5 @@ def convert_checkpoint(
         The registered model name and a state dict that loads into ``timm.create_model(model_name)`` with
         ``strict=True``.
     """
-    try:
-        # weights_only: a checkpoint from the internet must not run code when it is unpickled.
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        # Only torch's one-line reason: its message also suggests weights_only=False, which is not an option here.
-        reason = re.search(r'WeightsUnpickler error: (.*?)(?: Please|\n|$)', str(e))
-        raise ValueError(
-            f'path={str(path)!r} cannot be loaded with weights_only=True, which allows only tensors and plain '
-            f'containers: {reason.group(1) if reason else str(e).splitlines()[0]}') from None
+    checkpoint = safe_torch_load(path, what='path')  # a file from the internet must not run code when unpickled
     return convert_state_dict(_unwrap(checkpoint, f'path={str(path)!r}'), model_name)

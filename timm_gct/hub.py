@@ -11,8 +11,9 @@
 """
 import argparse
 import copy
+import hashlib
+import json
 import logging
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,8 +24,10 @@ import torch
 import yaml
 from timm.models import clean_state_dict, is_model_in_modules, load_state_dict, save_for_hf, split_model_name_tag
 
-from .models import model_mechanism, resnet_weights_source
-from .stats import count_activations, count_macs
+from ._safe_load import few, safe_torch_load
+from .convert import OfficialSource
+from .models import architecture_cfg, model_mechanism, resnet_weights_source
+from .stats import count_activations, count_macs, count_params
 
 __all__ = [
     'CardError', 'TrainCheckpoint', 'Weights', 'build_from_checkpoint', 'card_data', 'card_key', 'converted_weights',
@@ -52,6 +55,7 @@ class Weights:
     results: str = ''  # markdown section body (a table with its source), or ''
     papers: Tuple[str, ...] = ()  # 'title: url' lines besides the mechanism's and ResNet's papers
     citations: Tuple[str, ...] = ()
+    license: Optional[str] = None  # the weights' license when it is not the architecture's cfg license
 
 
 def card_key(model_name: str) -> str:
@@ -80,9 +84,13 @@ def _paper_url(data: Dict[str, Any]) -> str:
     return f"https://arxiv.org/abs/{data['arxiv']}" if data.get('arxiv') else data['paper_url']
 
 
+def _paper_line(data: Dict[str, Any]) -> str:
+    return f"{data.get('paper') or data['title']}: {_paper_url(data)}"
+
+
 def _resnet_weights(model_name: str, title: str) -> Weights:
-    source = resnet_weights_source(model_name)
-    depth, source_tag = source.split('.')
+    source = resnet_weights_source(model_name)  # e.g. resnet50.a1_in1k
+    source_tag = source.split('.')[1]
     data = card_data('resnet_weights')
     recipe = data['recipes'][source_tag]
     rows = data['imagenet_1k'][source]
@@ -101,26 +109,27 @@ def _resnet_weights(model_name: str, title: str) -> Weights:
             f'ImageNet-1k validation accuracy of the source weights `{source}`, as published by timm '
             f'([results-imagenet.csv]({data["accuracy_source"].strip()})). This model holds the same weights with '
             f'the {title} layers at identity, so it computes the same outputs; not re-measured here.\n\n{table}'),
-        papers=tuple(f"{p['title']}: https://arxiv.org/abs/{p['arxiv']}" for p in recipe['papers']),
-        citations=(data['citations']['rsb'],) if recipe['papers'] else (),
+        papers=tuple(_paper_line(data['citations'][key]) for key in recipe['papers']),
+        citations=tuple(data['citations'][key]['bibtex'] for key in recipe['papers']),
     )
 
 
 def _untrained_weights(model_name: str, notes: Sequence[str] = ()) -> Weights:
     return Weights(summary=(
         f'No trained weights are published for `{model_name}`: `timm.create_model(\'{model_name}\')` builds it '
-        f'randomly initialised, for training (train_configs/ in the timm_gct repository has recipes).'
-        + ''.join(f' {n}' for n in notes)))
+        f'randomly initialised, for training from scratch.' + ''.join(f' {n}' for n in notes)))
 
 
-def converted_weights(model_name: str, checkpoint: str) -> Weights:
-    """What a card says about an official checkpoint converted with ``timm-gct convert``."""
+def converted_weights(model_name: str, checkpoint: str, source: OfficialSource) -> Weights:
+    """What a card says about a checkpoint converted from an official layout with ``timm-gct convert``."""
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     return Weights(
         summary=(
-            f"The official authors' released ImageNet-1k weights, converted from `{Path(checkpoint).name}` to "
-            f"`{model_name}`'s key layout with `timm-gct convert` (same tensors, renamed and reshaped). Their accuracy "
-            f'is the one the authors report in the official repository; it was not re-measured by timm_gct.'),
-        datasets=('imagenet-1k',))
+            f'Weights converted with `timm-gct convert` from `{Path(checkpoint).name}` (sha256 {digest}), a checkpoint '
+            f"in the official {source.title} layout (the authors release {source.files} at {source.where}), to "
+            f"`{model_name}`'s key layout: the same tensors, renamed and reshaped. Check the sha256 against the "
+            f"authors' file; their reported accuracy was not re-measured by timm_gct."),
+        datasets=('imagenet-1k',), license=source.license)
 
 
 def _weights_for(model_name: str, title: str, notes: Sequence[str] = ()) -> Weights:
@@ -141,7 +150,7 @@ def _measure(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> Dict[s
         features = meta.forward_intermediates(x, intermediates_only=True)
         unpooled = meta.forward_features(x)
     return dict(
-        params=sum(p.numel() for p in model.parameters()),
+        params=count_params(model),
         macs=count_macs(meta, input_size),
         acts=count_activations(meta, input_size),
         features=[_shape(f) for f in features],
@@ -216,7 +225,6 @@ def render_card(
         model: torch.nn.Module,
         model_id: str,
         weights: Optional[Weights] = None,
-        license: Optional[str] = None,
 ) -> str:
     """A Hugging Face model card (markdown with YAML front matter) for ``model``, a registered timm_gct model.
 
@@ -226,7 +234,6 @@ def render_card(
             weights; otherwise the registered name (with the model's tag) is used.
         weights: What to say about the weights; by default what the model's pretrained tag holds (timm's ResNet
             weights for the identity-at-init tags) or, without published weights, that there are none.
-        license: The card's license; default: the pretrained cfg's (apache-2.0 for the architectures).
     """
     cfg = model.pretrained_cfg
     arch, tag = cfg['architecture'], cfg.get('tag') or ''
@@ -239,21 +246,19 @@ def render_card(
     title = data['title']
     weights = weights or _weights_for(name, title, cfg.get('notes') or ())
     m = _measure(model, tuple(cfg['input_size']))
-    papers = [f"{data['paper']}: {_paper_url(data)}"]
-    if data['mechanism'] != 'resnet':
-        papers.append(f"{resnet['paper']}: {_paper_url(resnet)}")
+    papers = [_paper_line(data)] + ([_paper_line(resnet)] if data['mechanism'] != 'resnet' else [])
     papers += list(weights.papers)
     meta = {
         'tags': ['image-classification', 'timm', 'timm_gct'],
         'library_name': 'timm',
-        'license': license or cfg.get('license') or 'apache-2.0',
+        'license': weights.license or cfg.get('license') or 'apache-2.0',
     }
     if weights.datasets:
         meta['datasets'] = list(weights.datasets)
     deviations = ''.join(f'- {d.strip()}\n' for d in data['deviations']) or '- none\n'
     details = ''.join(f'- {d}\n' for d in weights.details)
     citations = [data['citation']] + ([resnet['citation']] if data['mechanism'] != 'resnet' else [])
-    citations += list(weights.citations) + [card_data('resnet_weights')['citations']['timm']]
+    citations += list(weights.citations) + [card_data('resnet_weights')['citations']['timm']['bibtex']]
     sections = [
         '---\n' + yaml.safe_dump(meta, sort_keys=False) + '---',
         f"# Model card for {model_id.split(':', 1)[-1]}",
@@ -268,7 +273,9 @@ def render_card(
         '- **Papers:**\n' + ''.join(f'  - {p}\n' for p in papers) +
         (f"- **Dataset:** {', '.join(weights.datasets)}\n" if weights.datasets else '') +
         f"- **Original:** {data['code']}\n" + details,
-        f"## Architecture\n`{arch}` is timm's ResNet with attention layers added by the timm_gct package. "
+        f'## Architecture\n`{arch}` is ' + (
+            "timm's ResNet with the CIFAR stem of the timm_gct package. " if data['mechanism'] == 'resnet' else
+            "timm's ResNet with attention layers added by the timm_gct package. ") +
         f"{data['placement'].strip()}\n\nDeviations from the official code:\n{deviations}",
         f"## Model Usage\n{_usage(repr(model_id) + (', pretrained=True' if has_weights else ''), m)}",
     ]
@@ -285,6 +292,7 @@ class TrainCheckpoint:
     args: Dict[str, Any]  # train.py's arguments ({} for a bare state dict)
     epoch: Optional[int] = None
     metric: Optional[float] = None
+    ema: bool = False  # state_dict holds the EMA weights (train.py --model-ema)
 
 
 def load_train_checkpoint(path: str, use_ema: bool = False) -> TrainCheckpoint:
@@ -293,20 +301,14 @@ def load_train_checkpoint(path: str, use_ema: bool = False) -> TrainCheckpoint:
     Torch files are loaded with ``weights_only=True``: tensors, containers, numbers and train.py's
     ``argparse.Namespace``, nothing that runs code when unpickled.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise CardError(f'checkpoint={path!r} is not a file.')
-    if file.suffix == '.safetensors':
-        return TrainCheckpoint(load_state_dict(str(file)), {})
+    if Path(path).suffix == '.safetensors':
+        if use_ema:
+            raise CardError(f'checkpoint={path!r} is a bare safetensors file: it has no EMA weights; drop --use-ema.')
+        return TrainCheckpoint(load_state_dict(path), {})
     try:
-        with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
-            checkpoint = torch.load(file, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for unsafe content, RuntimeError for a file that is not torch's
-        unsafe = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-        reason = f'it holds {unsafe.group(1)}' if unsafe else (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CardError(
-            f'checkpoint={path!r} cannot be loaded safely (weights_only=True allows tensors, containers, numbers and '
-            f"train.py's arguments): {reason}") from None
+        checkpoint = safe_torch_load(path, _CHECKPOINT_SAFE_GLOBALS)
+    except ValueError as e:
+        raise CardError(str(e)) from None
     if not isinstance(checkpoint, dict):
         raise CardError(f'checkpoint={path!r} holds a {type(checkpoint).__name__}; expected a dict.')
     key = 'state_dict_ema' if use_ema else 'state_dict'
@@ -322,23 +324,31 @@ def load_train_checkpoint(path: str, use_ema: bool = False) -> TrainCheckpoint:
         args=vars(args) if isinstance(args, argparse.Namespace) else {},
         epoch=checkpoint.get('epoch'),
         metric=checkpoint.get('metric'),
+        ema=use_ema,
     )
+
+
+def _train_model_kwargs(args: Dict[str, Any]) -> Dict[str, Any]:
+    """The model arguments train.py passed to ``create_model`` (those that change the weights or the outputs)."""
+    input_size = args.get('input_size')
+    in_chans = args.get('in_chans') or (input_size[0] if input_size else None)  # as train.py resolves it
+    train_args = dict(
+        num_classes=args.get('num_classes'), in_chans=in_chans, global_pool=args.get('gp'),
+        bn_momentum=args.get('bn_momentum'), bn_eps=args.get('bn_eps'))
+    return {**(args.get('model_kwargs') or {}), **{k: v for k, v in train_args.items() if v is not None}}
 
 
 def build_from_checkpoint(model_name: str, checkpoint: TrainCheckpoint) -> torch.nn.Module:
     """The registered model ``model_name`` holding the checkpoint's weights, built with train.py's model arguments.
 
-    Any key mismatch is a CardError naming the missing and unexpected keys.
+    Any mismatch is a CardError naming the missing, unexpected and differently shaped keys.
     """
     arch, _ = split_model_name_tag(model_name)
     card_key(arch)  # a timm_gct model
     trained = checkpoint.args.get('model')
     if trained and split_model_name_tag(trained)[0] != arch:
         raise CardError(f'model={model_name!r} does not match the checkpoint, which train.py wrote for {trained!r}.')
-    kwargs = dict(checkpoint.args.get('model_kwargs') or {})
-    for key in ('num_classes', 'in_chans'):
-        if checkpoint.args.get(key) is not None:
-            kwargs[key] = checkpoint.args[key]
+    kwargs = _train_model_kwargs(checkpoint.args)
     fc = checkpoint.state_dict.get('fc.weight')
     if 'num_classes' not in kwargs and fc is not None:
         kwargs['num_classes'] = fc.shape[0]
@@ -346,22 +356,15 @@ def build_from_checkpoint(model_name: str, checkpoint: TrainCheckpoint) -> torch
     own = model.state_dict()
     missing = sorted(own.keys() - checkpoint.state_dict.keys())
     unexpected = sorted(checkpoint.state_dict.keys() - own.keys())
-    if missing or unexpected:
+    shapes = sorted(
+        f'{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})' for k, v in checkpoint.state_dict.items()
+        if k in own and v.shape != own[k].shape)
+    if missing or unexpected or shapes:
         raise CardError(
-            f'The checkpoint does not fit {arch} (built with {kwargs}): missing keys: {_few(missing)}; '
-            f'unexpected keys: {_few(unexpected)}.')
-    try:
-        model.load_state_dict(checkpoint.state_dict)
-    except RuntimeError as e:  # shape mismatches; torch names the tensors
-        raise CardError(f'The checkpoint does not fit {arch} (built with {kwargs}): {e}') from None
+            f'The checkpoint does not fit {arch} (built with {kwargs}): missing keys: {few(missing)}; '
+            f'unexpected keys: {few(unexpected)}; other shapes: {few(shapes)}.')
+    model.load_state_dict(checkpoint.state_dict)
     return model.eval()
-
-
-def _few(keys: Sequence[str], limit: int = 8) -> str:
-    if not keys:
-        return 'none'
-    more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
 
 
 def trained_weights(checkpoint: TrainCheckpoint, source: str, datasets: Sequence[str] = ()) -> Weights:
@@ -369,18 +372,25 @@ def trained_weights(checkpoint: TrainCheckpoint, source: str, datasets: Sequence
     args, name, datasets = checkpoint.args, Path(source).name, tuple(datasets)
     if not args:  # a bare state dict or safetensors file: nothing recorded about its training
         return Weights(summary=f'Weights from `{name}`, published by the uploader.', datasets=datasets)
-    summary = f"Weights trained by the uploader with timm's train.py (checkpoint `{name}`)."
-    if checkpoint.metric is not None:
+    which = 'EMA weights' if checkpoint.ema else 'weights'
+    summary = f"The {which} of a model trained by the uploader with timm's train.py (checkpoint `{name}`)."
+    # With --model-ema (EMA kept on the device), train.py records the EMA model's metric in the checkpoint.
+    metric_is_ema = bool(args.get('model_ema')) and not args.get('model_ema_force_cpu')
+    if checkpoint.metric is not None and metric_is_ema == checkpoint.ema:
         done = checkpoint.epoch + 1 if checkpoint.epoch is not None else None  # train.py counts epochs from 0
         after = f" after {done} epoch{'s' if done != 1 else ''}" if done is not None else ''
         summary += (
-            f" train.py recorded {args.get('eval_metric', 'top1')} = {checkpoint.metric:.2f} on its validation "
-            f'set{after} (as stored in the checkpoint; not re-measured by timm_gct).')
+            f" train.py recorded {args.get('eval_metric', 'top1')} = {checkpoint.metric:.2f} for them on its "
+            f'validation set{after} (as stored in the checkpoint; not re-measured by timm_gct).')
     recipe = ', '.join(
         f'{k}={args[k]}' for k in ('epochs', 'batch_size', 'opt', 'lr', 'weight_decay', 'sched', 'smoothing', 'mixup',
                                    'cutmix', 'aa', 'model_ema') if args.get(k) not in (None, '', 0, False))
     details = [f"**Training:** timm's train.py, as recorded in the checkpoint: {recipe}."]
     return Weights(summary=summary, datasets=datasets, details=details)
+
+
+# Cfg fields that say where weights come from; a model built from a ResNet-weights tag must not pass them on.
+_PROVENANCE = ('tag', 'description', 'notes', 'license', 'origin_url', 'paper_ids', 'paper_name')
 
 
 def save_pretrained(
@@ -393,15 +403,26 @@ def save_pretrained(
     """Write ``model.safetensors``, ``config.json`` and the model card ``README.md`` into ``save_dir``.
 
     ``timm.create_model('local-dir:<save_dir>', pretrained=True)`` (after ``import timm_gct``) loads the folder; so
-    does ``'hf-hub:ORG/NAME'`` once it is uploaded.
+    does ``'hf-hub:ORG/NAME'`` once it is uploaded. The saved cfg describes these weights, not the cfg the model was
+    built from (e.g. a ResNet-weights tag), and the card describes what ``config.json`` says, data config included.
     """
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
+    original = model.pretrained_cfg
+    arch = original['architecture']
+    own = architecture_cfg(arch)
     tag = model_id.split(':', 1)[-1].split('/')[-1].partition('.')[2] or None
-    # The saved cfg describes these weights, not the cfg the model was built from (e.g. a ResNet-weights tag).
-    model.pretrained_cfg = {**model.pretrained_cfg, 'tag': tag, 'description': weights.summary, 'notes': None}
-    save_for_hf(model, str(out), safe_serialization=True, data_config=data_config)
-    (out / 'README.md').write_text(render_card(model, model_id, weights), encoding='utf-8')
+    try:
+        model.pretrained_cfg = {
+            **original, **{k: own.get(k) for k in _PROVENANCE},
+            'tag': tag, 'description': weights.summary, 'license': weights.license or own.get('license'),
+        }
+        save_for_hf(model, str(out), safe_serialization=True, data_config=data_config)
+        saved = json.loads((out / 'config.json').read_text(encoding='utf-8'))['pretrained_cfg']
+        model.pretrained_cfg = {'architecture': arch, 'tag': tag, 'test_input_size': None, **saved}
+        (out / 'README.md').write_text(render_card(model, model_id, weights), encoding='utf-8')
+    finally:
+        model.pretrained_cfg = original
     return out
 
 

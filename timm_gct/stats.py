@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .models import model_mechanism
 
-__all__ = ['ModelStats', 'count_activations', 'count_macs', 'measure', 'plain_twin']
+__all__ = ['ModelStats', 'count_activations', 'count_macs', 'count_params', 'measure', 'plain_twin']
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def count_activations(model: torch.nn.Module, input_size: Tuple[int, int, int]) 
     return counter.count
 
 
-def _params(model: torch.nn.Module) -> int:
+def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -94,8 +94,8 @@ def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) 
         mechanism=mechanism.title if mechanism is not None else '-',
         attn_stages=tuple(i for i, modules in attn.items() if modules),
         attn_layers=sum(len(modules) for modules in attn.values()),
-        params=_params(model),
-        plain_params=_params(plain),
+        params=count_params(model),
+        plain_params=count_params(plain),
         macs=count_macs(model, input_size),
         input_size=input_size,
     )

@@ -115,10 +115,31 @@ def test_resnet_weights_mismatch_names_the_keys(tmp_path):
         timm.create_model('gct_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=path))
 
 
-def test_resnet_weights_of_another_depth_are_a_shape_error(tmp_path):
+def test_resnet_weights_of_another_depth_name_the_keys(tmp_path):
     file = _resnet_weights_file(tmp_path, 'resnet34')
-    with pytest.raises((ValueError, RuntimeError), match='layer'):
+    with pytest.raises(ValueError, match=r'gct_resnet18: .*unexpected keys: \[.layer1\.2\.bn1\.bias'):
         timm.create_model('gct_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=file))
+
+
+def test_resnet_weights_without_bn_counters_load(tmp_path):
+    """Files from before PyTorch 0.4.1 have no num_batches_tracked; BatchNorm (and so the filter) accepts that."""
+    state = {k: v for k, v in _randomized_state_dict(timm.create_model('resnet18')).items()
+             if not k.endswith('num_batches_tracked')}
+    save_file(state, str(tmp_path / 'old.safetensors'))
+    model = timm.create_model(
+        'gct_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'old.safetensors')))
+    assert torch.equal(model.layer1[0].bn1.weight, state['layer1.0.bn1.weight'])
+
+
+def test_gc_resnet_weights_stay_identity_without_zero_init_last(tmp_path):
+    """zero_init_last=False keeps timm's conv init in GC's last conv; loading ResNet weights restores GC's own."""
+    file = _resnet_weights_file(tmp_path, 'resnet18')
+    base = timm.create_model('resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=file)).eval()
+    model = timm.create_model(
+        'gc_resnet18', pretrained=True, zero_init_last=False, pretrained_cfg_overlay=dict(file=file)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), base(x))
 
 
 def test_model_mechanism():

@@ -2,22 +2,23 @@
 
 timm's test module picks its models with ``timm.list_models`` when it is imported, so the root conftest imports
 timm_gct first. This conftest then keeps only the parametrisations for models registered by timm_gct (its modules
-``MODULES``) and drops timm's tests for its own models. ``--timm-suite ci`` (the default) keeps the ResNet-18,
-ResNet-50 and CIFAR models of every mechanism and ``gct_resnet50_official``; ``--timm-suite full`` runs every
-registered model.
+``timm_gct.models.MODEL_MODULES``) and drops timm's tests for its own models. ``--timm-suite ci`` (the default) keeps
+the ResNet-18, ResNet-50 and CIFAR models of every mechanism and ``gct_resnet50_official``; ``--timm-suite full`` runs
+every registered model.
 """
 from pathlib import Path
 
 import timm
 
+from timm_gct.models import MODEL_MODULES
+
 _HERE = Path(__file__).parent
-MODULES = ('attn_resnet', 'gct_official')  # the timm_gct.models modules that register models
 CI_FILTERS = ('*_resnet18', '*_resnet50', '*_cifar', '*_resnet50_official')
 
 
 def suite_models(selection: str):
     """The models this package registers: all of them ('full') or the CI subset ('ci')."""
-    return timm.list_models(CI_FILTERS if selection == 'ci' else '*', module=MODULES)
+    return timm.list_models(CI_FILTERS if selection == 'ci' else '*', module=MODEL_MODULES)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -376,19 +376,26 @@ def _keep_attn_init(state_dict: Dict[str, torch.Tensor], model: ResNet) -> Dict[
     """``pretrained_filter_fn`` of the identity-at-init mechanisms: plain-ResNet weights load, the attention keeps
     its init. Only attention-layer keys (block attribute ``se``) may be absent; any other missing or unexpected key is
     a ValueError naming them. The classifier is left to timm, which drops it when ``num_classes`` differs."""
+    attn = {k for k in model.state_dict() if 'se' in k.split('.')[:-1]}
+    if not attn & state_dict.keys():  # plain-ResNet weights: the layers' own init, which is their identity (GC's
+        for name, m in model.named_modules():  # zero last conv is otherwise lost with zero_init_last=False)
+            if name.split('.')[-1] == 'se' and hasattr(m, 'reset_parameters'):
+                m.reset_parameters()
     own = model.state_dict()
     classifier = f"{model.pretrained_cfg.get('classifier', 'fc')}."
-    attn = {k for k in own if 'se' in k.split('.')[:-1]}
-    missing = sorted(k for k in own.keys() - state_dict.keys() - attn if not k.startswith(classifier))
+    # BatchNorm fills a missing num_batches_tracked itself (files written before PyTorch 0.4.1 have none).
+    optional = attn | {k for k in own if k.endswith('.num_batches_tracked')}
+    missing = sorted(k for k in own.keys() - state_dict.keys() - optional if not k.startswith(classifier))
     unexpected = sorted(k for k in state_dict.keys() - own.keys() if not k.startswith(classifier))
     if missing or unexpected:
         arch = model.pretrained_cfg.get('architecture', type(model).__name__)
         raise ValueError(
             f'{arch}: the pretrained weights do not fit this model; only attention-layer keys may be missing. '
             f'Missing keys: {missing or "none"}; unexpected keys: {unexpected or "none"}.')
-    kept = sorted(attn - state_dict.keys())
-    if kept:
-        _logger.info(f'{len(kept)} attention-layer tensors are not in the pretrained weights and keep their init.')
+    kept = sorted(optional - state_dict.keys())
+    if attn - state_dict.keys():
+        _logger.info(f'{len(attn - state_dict.keys())} attention-layer tensors are not in the pretrained weights and '
+                     f'keep their identity init.')
     return {**state_dict, **{k: own[k] for k in kept}}
 
 

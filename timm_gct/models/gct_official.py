@@ -43,11 +43,11 @@ from typing import Any, Dict
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers.gct import GatedChannelTransform
+from .attn_resnet import _cfg as _attn_resnet_cfg
 
 __all__ = ['GctConv2d']  # register_model adds each entrypoint fn to this
 
@@ -100,17 +100,10 @@ def _build_gct_official_resnet(**kwargs: Any) -> ResNet:
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        # The official PyTorch main.py evaluates with Resize(256) + CenterCrop(224), bilinear.
-        'crop_pct': 0.875, 'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc',
-        'license': 'apache-2.0',
-        'paper_name': 'Gated Channel Transformation for Visual Recognition', 'paper_ids': 'arXiv:1909.11519',
-        'origin_url': 'https://github.com/z-x-yang/GCT',
-        **kwargs,
-    }
+    # The official PyTorch main.py evaluates with Resize(256) + CenterCrop(224), bilinear: the shared defaults.
+    return _attn_resnet_cfg(
+        paper_name='Gated Channel Transformation for Visual Recognition', paper_ids='arXiv:1909.11519',
+        origin_url='https://github.com/z-x-yang/GCT', **kwargs)
 
 
 _NO_WEIGHTS = 'No released weights for this depth (the official PyTorch release is GCT-ResNet-50 only).'
@@ -118,7 +111,8 @@ _NO_WEIGHTS = 'No released weights for this depth (the official PyTorch release 
 # timm reads ``default_cfgs`` when ``register_model`` runs, so it must be defined above the entrypoints.
 default_cfgs = generate_default_cfgs({
     'gct_resnet50_official': _cfg(notes=(
-        'Official weights (77.2 % top-1): https://drive.google.com/file/d/1y5a56UzBjUWlWwlrU42lxueJY_cBpWLL '
+        'Official weights (77.2 % top-1 per the authors\' PyTorch/README.md): '
+        'https://drive.google.com/file/d/1y5a56UzBjUWlWwlrU42lxueJY_cBpWLL '
         '(Google Drive only); convert them with `timm-gct convert`.',
     )),
     'gct_resnet101_official': _cfg(notes=(_NO_WEIGHTS,)),
