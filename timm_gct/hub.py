@@ -13,7 +13,6 @@ import argparse
 import copy
 import hashlib
 import json
-import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,8 +32,6 @@ __all__ = [
     'CardError', 'TrainCheckpoint', 'Weights', 'build_from_checkpoint', 'card_data', 'card_key', 'converted_weights',
     'load_train_checkpoint', 'push_to_hub', 'render_card', 'save_pretrained', 'trained_weights',
 ]
-
-_logger = logging.getLogger(__name__)
 
 _DEMO_IMAGE = (
     'https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/beignets-task-guide.png')
