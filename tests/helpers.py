@@ -1,10 +1,11 @@
 """ Shared test helpers. """
 import torch
+from pathlib import Path
 from typing import Callable, Dict
 
 from torch import nn
 
-__all__ = ['assert_gradients_match', 'randomize']
+__all__ = ['RunsCodeWhenUnpickled', 'assert_gradients_match', 'randomize']
 
 
 def randomize(module: nn.Module, seed: int = 0, scale: float = 1.) -> nn.Module:
@@ -43,3 +44,13 @@ def assert_gradients_match(
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)
     for n, p in layer.named_parameters():
         torch.testing.assert_close(p.grad, ref_params[n].grad, rtol=1e-9, atol=1e-12, msg=n)
+
+
+class RunsCodeWhenUnpickled:
+    """A pickled object that runs code when unpickled: it creates the file ``marker``. Safe loading must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)

@@ -9,7 +9,6 @@ import argparse
 import hashlib
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 import timm
@@ -19,7 +18,7 @@ from torchvision.models.resnet import ResNet as TorchvisionResNet
 
 from timm_gct.cli import main
 from timm_gct.convert import SUPPORTED, convert_checkpoint, convert_state_dict
-from tests.helpers import randomize
+from tests.helpers import RunsCodeWhenUnpickled, randomize
 from tests.layers.test_eca import _reference as eca_reference
 from tests.layers.test_fca import C2WH, TOP16_U, TOP16_V, _official_filter
 from tests.layers.test_fca import _reference as fca_reference
@@ -274,16 +273,9 @@ def test_pickled_objects_are_refused_not_executed(eca_net, tmp_path):
         convert_checkpoint(path)
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):  # unpickling this would create the marker file
-        return Path.touch, (Path(self.marker),)
-
-
 def test_code_in_a_checkpoint_never_runs(tmp_path):
-    torch.save({'layer1.0.conv1.weight': torch.zeros(1), 'x': _RunsCode(tmp_path / 'ran')}, tmp_path / 'evil.pth')
+    evil = {'layer1.0.conv1.weight': torch.zeros(1), 'x': RunsCodeWhenUnpickled(tmp_path / 'ran')}
+    torch.save(evil, tmp_path / 'evil.pth')
     with pytest.raises(ValueError, match='cannot be loaded with weights_only=True'):
         convert_checkpoint(tmp_path / 'evil.pth')
     assert not (tmp_path / 'ran').exists()

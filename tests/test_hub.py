@@ -22,7 +22,7 @@ from timm_gct import hub
 from timm_gct.cli import main
 from timm_gct.stats import count_activations, count_macs
 
-from .helpers import randomize
+from .helpers import RunsCodeWhenUnpickled, randomize
 
 
 def _front_matter(card: str) -> dict:
@@ -176,19 +176,9 @@ def test_train_checkpoint_loads_with_weights_only(tmp_path):
         assert model(x).abs().max() > 0 and torch.equal(rebuilt(x), model(x))
 
 
-class Payload:
-    """Unpickling this runs code: it writes the file named by ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (Path(self.marker),)
-
-
 def test_unsafe_checkpoint_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / 'ran'
-    torch.save({'state_dict': {}, 'payload': Payload(marker)}, tmp_path / 'evil.pth')
+    torch.save({'state_dict': {}, 'payload': RunsCodeWhenUnpickled(marker)}, tmp_path / 'evil.pth')
     with pytest.raises(hub.CardError, match=r"cannot be loaded with weights_only=True.*Namespace: it holds"):
         hub.load_train_checkpoint(str(tmp_path / 'evil.pth'))
     assert not marker.exists()
@@ -384,15 +374,27 @@ def local_hub(tmp_path):
 _LOAD = """
 import sys, torch, timm, timm_gct
 model = timm.create_model(sys.argv[1], pretrained=True).eval()
+size = int(sys.argv[3])
 torch.manual_seed(0)
 with torch.no_grad():
-    torch.save(model(torch.randn(2, 3, 32, 32)), sys.argv[2])
+    torch.save(model(torch.randn(2, 3, size, size)), sys.argv[2])
 """
 
 
-def _load_in_subprocess(model_id, out, env):
+def _hub_env(tmp_path, endpoint):
+    """A process environment that talks to ``endpoint`` as its Hub, with its own empty cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_'))}
+    return {**env, 'HF_ENDPOINT': endpoint, 'HF_HOME': str(tmp_path / 'hf_home'), 'HF_HUB_DISABLE_TELEMETRY': '1'}
+
+
+def _run_load(model_id, out, env, size=32):
     # huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE when imported, so the download runs in a fresh process.
-    result = subprocess.run([sys.executable, '-c', _LOAD, model_id, str(out)], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, '-c', _LOAD, model_id, str(out), str(size)], env=env, capture_output=True,
+                          text=True)
+
+
+def _load_in_subprocess(model_id, out, env, size=32):
+    result = _run_load(model_id, out, env, size)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
 
@@ -409,8 +411,7 @@ def test_hf_hub_download_end_to_end(tmp_path, local_hub):
     with torch.no_grad():
         expected = model(torch.randn(2, 3, 32, 32))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_'))}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_DISABLE_TELEMETRY='1')
+    env = _hub_env(tmp_path, endpoint)
     online = _load_in_subprocess('hf-hub:my-org/gct_resnet18_cifar.ft', tmp_path / 'online.pt', env)
     assert torch.equal(online, expected)
     fetched = {path.rsplit('/', 1)[-1] for method, path in handler.requests if method == 'GET'}
@@ -423,8 +424,7 @@ def test_hf_hub_download_end_to_end(tmp_path, local_hub):
                                   {**env, 'HF_HUB_OFFLINE': '1'})
     assert torch.equal(offline, expected) and handler.requests == []
 
-    missing = subprocess.run([sys.executable, '-c', _LOAD, 'hf-hub:my-org/nope', str(tmp_path / 'x.pt')], env=env,
-                             capture_output=True, text=True)
+    missing = _run_load('hf-hub:my-org/nope', tmp_path / 'x.pt', env)
     assert missing.returncode != 0 and 'RepositoryNotFound' in missing.stderr
 
 
@@ -435,13 +435,9 @@ def test_resnet_weights_tag_downloads_timms_file_through_the_hub(tmp_path, local
     repo = tmp_path / 'hub' / 'timm' / 'resnet18.a1_in1k'
     repo.mkdir(parents=True)
     save_file(resnet.state_dict(), str(repo / 'model.safetensors'))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_'))}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / 'hf_home'), HF_HUB_DISABLE_TELEMETRY='1')
-    load = _LOAD.replace('32, 32', '64, 64')
-    result = subprocess.run([sys.executable, '-c', load, 'gct_resnet18.resnet_a1_in1k_attn_identity',
-                             str(tmp_path / 'out.pt')], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = _load_in_subprocess(
+        'gct_resnet18.resnet_a1_in1k_attn_identity', tmp_path / 'out.pt', _hub_env(tmp_path, endpoint), size=64)
     torch.manual_seed(0)
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / 'out.pt'), resnet(torch.randn(2, 3, 64, 64)))
+        assert torch.equal(out, resnet(torch.randn(2, 3, 64, 64)))
     assert ('GET', '/timm/resnet18.a1_in1k/resolve/main/model.safetensors') in handler.requests

@@ -1,11 +1,11 @@
 """ Loading checkpoint files without running code: ``torch.load(weights_only=True)`` with an explicit allowlist. """
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 
-__all__ = ['few', 'safe_torch_load']
+__all__ = ['safe_torch_load']
 
 
 def safe_torch_load(path: Union[str, Path], safe_globals: Sequence[type] = (), what: str = 'checkpoint') -> Any:
@@ -27,11 +27,3 @@ def safe_torch_load(path: Union[str, Path], safe_globals: Sequence[type] = (), w
             f'{what}={str(path)!r} cannot be loaded with weights_only=True, which allows only tensors, containers, '
             f'numbers{allowed}: {reason}') from None
 
-
-def few(keys: Iterable[str], limit: int = 5) -> str:
-    """Up to ``limit`` keys for an error message, and how many there are."""
-    keys = list(keys)
-    if not keys:
-        return 'none'
-    more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more + f' ({len(keys)} in all)'

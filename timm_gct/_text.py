@@ -1,7 +1,7 @@
-""" Plain-text tables for the command line. """
-from typing import Sequence
+""" Plain text for the command line and error messages. """
+from typing import Iterable, Sequence
 
-__all__ = ['text_table']
+__all__ = ['few', 'text_table']
 
 
 def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
@@ -12,3 +12,12 @@ def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1
     return '\n'.join(
         '  '.join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
         for row in table)
+
+
+def few(keys: Iterable[str], limit: int = 5) -> str:
+    """Up to ``limit`` keys for an error message, and how many there are."""
+    keys = list(keys)
+    if not keys:
+        return 'none'
+    more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more + f' ({len(keys)} in all)'

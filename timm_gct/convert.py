@@ -43,7 +43,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import timm
 import torch
 
-from ._safe_load import few, safe_torch_load
+from ._safe_load import safe_torch_load
+from ._text import few
 from .layers.fca import dct_filter
 
 __all__ = ['OfficialSource', 'SUPPORTED', 'convert_checkpoint', 'convert_state_dict', 'supported_text']

@@ -23,7 +23,8 @@ import torch
 import yaml
 from timm.models import clean_state_dict, is_model_in_modules, load_state_dict, save_for_hf, split_model_name_tag
 
-from ._safe_load import few, safe_torch_load
+from ._safe_load import safe_torch_load
+from ._text import few
 from .convert import OfficialSource
 from .models import architecture_cfg, model_mechanism, resnet_weights_source
 from .stats import count_activations, count_macs, count_params
