@@ -6,6 +6,7 @@
     timm-gct card MODEL[.TAG] [--output FILE]              a Hugging Face model card for a registered model
     timm-gct push CHECKPOINT --model NAME --repo-id ORG/NAME.TAG [--save-dir DIR]   publish train.py weights
     timm-gct convert CHECKPOINT --save-dir DIR [--model NAME]   an official FcaNet / ECA-Net / GCT checkpoint
+    timm-gct bench [MODEL ...] [--device ...] [--compile]  speed and memory against plain ResNets and official code
 """
 import argparse
 import csv
@@ -23,6 +24,7 @@ import torch
 
 import timm_gct
 from ._text import text_table
+from .bench.cli import add_bench_parser
 from .compare import DEFAULT_MODELS, SCHEDULES, CompareConfig, CompareError, compare
 from .convert import SUPPORTED, convert_checkpoint, supported_text
 from .hub import (
@@ -286,6 +288,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_compare_parser(sub)
     _add_hub_parsers(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -37,6 +37,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import AverageMeter, NativeScaler, accuracy, random_seed
 from tqdm import tqdm
 
+from ._device import one_line, resolve_device, sync
 from ._text import text_table
 from .stats import count_macs
 from .synthetic import SYNTHETIC_DESCRIPTION, SyntheticStripes
@@ -158,18 +159,10 @@ def _check_config(cfg: CompareConfig) -> None:
 
 
 def _device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        raise CompareError(f'--device {name!r}: {_one_line(e)}') from None
-    return device
-
-
-def _one_line(e: BaseException) -> str:
-    return ' '.join(str(e).split()) or type(e).__name__
+        return resolve_device(name)
+    except ValueError as e:
+        raise CompareError(str(e)) from None
 
 
 def _dataset_name(cfg: CompareConfig) -> str:
@@ -195,7 +188,7 @@ def _load_split(cfg: CompareConfig, name: str, split: str, is_training: bool) ->
         hint = ' (add --dataset-download to fetch it)' if missing else ''
         raise CompareError(
             f'--dataset {name or "(ImageFolder)"} --data-dir {cfg.data_dir}: cannot load split {split!r}: '
-            f'{_one_line(e)}{hint}') from None
+            f'{one_line(e)}{hint}') from None
 
 
 def _datasets(cfg: CompareConfig) -> Tuple[Any, Any, int, str]:
@@ -234,14 +227,6 @@ def _datasets(cfg: CompareConfig) -> Tuple[Any, Any, int, str]:
     return train, val, num_classes, description
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued work, so that a timer measures compute and not only the launch."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    elif device.type != 'cpu' and hasattr(torch, 'accelerator'):
-        torch.accelerator.synchronize(device)
-
-
 class _RandomState:
     """The host random state that data augmentation and model layers (dropout, drop-path) draw from."""
 
@@ -267,7 +252,7 @@ def _build_runs(
         except Exception as e:  # e.g. a fixed-size ViT next to a 32 x 32 baseline
             raise CompareError(
                 f'--models: {name} cannot take the baseline\'s input {"x".join(map(str, input_size))}: '
-                f'{_one_line(e)}') from None
+                f'{one_line(e)}') from None
         random_seed(cfg.seed)
         model = timm.create_model(name, num_classes=num_classes).to(device)
         if cfg.channels_last:
@@ -278,7 +263,7 @@ def _build_runs(
         except ValueError as e:
             raise CompareError(
                 f'--opt {cfg.opt!r} (--lr {cfg.lr}, --momentum {cfg.momentum}, --weight-decay {cfg.weight_decay}): '
-                f'{_one_line(e)}') from None
+                f'{one_line(e)}') from None
         # Stepped per update: compare runs are short, and a per-epoch step would hold the lr flat for a whole epoch.
         scheduler, _ = create_scheduler_v2(
             optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
@@ -349,7 +334,7 @@ class _Comparison:
         try:
             self.output.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise CompareError(f'--output {str(self.output)!r}: {_one_line(e)}') from None
+            raise CompareError(f'--output {str(self.output)!r}: {one_line(e)}') from None
         (self.output / 'curves.png').unlink(missing_ok=True)  # never leave an earlier run's picture beside new results
         self.finished_epochs = 0
         self.interrupted = False
@@ -394,7 +379,7 @@ class _Comparison:
             state = _RandomState()
             for run in self._active():
                 state.restore()  # the same dropout / drop-path draws for every model
-                _sync(self.device)
+                sync(self.device)
                 start = time.perf_counter()
                 loss = self._train_step(run, x, y, num_updates)  # .item() waits for the step
                 if epoch or i:  # the very first step of each model pays one-off allocation and kernel selection
@@ -433,11 +418,11 @@ class _Comparison:
             x = self._layout(x)
             for run in runs:
                 run.model.eval()
-                _sync(self.device)
+                sync(self.device)
                 start = time.perf_counter()
                 with self._autocast():
                     out = run.model(x)
-                _sync(self.device)
+                sync(self.device)
                 if epoch or i:
                     seconds[run.name] += time.perf_counter() - start
                 loss_m, *acc_m = meters[run.name]

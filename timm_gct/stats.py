@@ -36,8 +36,9 @@ class ModelStats:
 
 
 def plain_twin(model_name: str) -> str:
-    """Plain ResNet of equal depth and stem: ``gct_resnet50`` -> ``resnet50``, ``*_cifar`` -> ``resnet*_cifar``."""
-    arch = model_name.split('.')[0]
+    """Plain ResNet of equal depth and stem: ``gct_resnet50`` -> ``resnet50``, ``*_cifar`` -> ``resnet*_cifar``,
+    ``gct_resnet50_official`` -> ``resnet50``, timm's ``seresnet50`` -> ``resnet50``."""
+    arch = model_name.split('.')[0].removesuffix('_official')
     return arch[arch.index('resnet'):]
 
 
