@@ -5,6 +5,7 @@ from timm.optim import create_optimizer_v2
 
 import timm
 from timm_gct.layers import GatedChannelTransform
+from timm_gct.layers.gct import gated_channel_transform
 from timm_gct.layers._reduce import spatial_sum
 from tests.helpers import randomize
 
@@ -38,18 +39,89 @@ def test_matches_official_math_in_float64(mode, after_relu):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_gradients_match_official_math_in_float64():
-    layer = _random_gct(8)
-    x = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize('mode,after_relu', [('l2', False), ('l1', False), ('l1', True)])
+def test_gradients_match_official_math_in_float64(mode, after_relu):
+    layer = _random_gct(8, mode=mode, after_relu=after_relu)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    x = (x.relu() if after_relu else x).requires_grad_()
     ref_params = [p.detach().clone().requires_grad_() for p in (layer.alpha, layer.gamma, layer.beta)]
     x_ref = x.detach().clone().requires_grad_()
     upstream = torch.randn(2, 8, 4, 4, dtype=torch.float64)
     (layer(x) * upstream).sum().backward()
     a, g, b = ref_params
-    (_reference(x_ref, a, g, b.view(1, -1, 1, 1), 1e-5, 'l2', False) * upstream).sum().backward()
+    (_reference(x_ref, a, g, b.view(1, -1, 1, 1), 1e-5, mode, after_relu) * upstream).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
     for p, r in zip((layer.alpha, layer.gamma, layer.beta), ref_params):
         torch.testing.assert_close(p.grad, r.grad)
+
+
+@pytest.mark.parametrize('mode,after_relu', [('l2', False), ('l1', False), ('l1', True)])
+def test_fused_backward_passes_gradcheck(mode, after_relu):
+    layer = _random_gct(6, mode=mode, after_relu=after_relu)
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64)
+    x = x.abs() if after_relu else x
+
+    def fn(x, alpha, gamma, beta):
+        return gated_channel_transform(x, alpha, gamma, beta, layer.eps, layer.p)
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), layer.alpha, layer.gamma, layer.beta))
+
+
+def test_eager_training_runs_the_fused_function_and_the_plain_formula_agrees():
+    layer = _random_gct(8)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    assert type(out.grad_fn).__name__ == '_GatedChannelFunctionBackward'
+    scripted = torch.jit.script(layer)  # TorchScript (like FX and torch.compile) runs the plain formula
+    x_plain = x.detach().clone().requires_grad_()
+    out_plain = scripted(x_plain)
+    assert type(out_plain.grad_fn).__name__ != '_GatedChannelFunctionBackward'
+    torch.testing.assert_close(out, out_plain, rtol=1e-14, atol=1e-14)
+    upstream = torch.randn_like(out)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, x, upstream)[0], torch.autograd.grad(out_plain, x_plain, upstream)[0])
+
+
+def test_fused_backward_in_bfloat16_matches_float32():
+    layer = _random_gct(16).float()
+    x = torch.randn(2, 16, 14, 14) * 3
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype).detach().requires_grad_()
+        layer.zero_grad()
+        (layer.to(dtype)(xd).float().square().sum()).backward()
+        assert xd.grad.dtype == dtype and torch.isfinite(xd.grad).all()
+        grads.append((xd.grad.float(), layer.gamma.grad.float()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=5e-2, atol=5e-1)
+
+
+def test_inplace_scales_the_input_only_without_autograd():
+    layer = _random_gct(8).float()
+    inplace = GatedChannelTransform(8, inplace=True)
+    inplace.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 8, 6, 6)
+    expected = layer(x).detach()
+    with torch.no_grad():
+        y = x.clone()
+        out = inplace(y)
+    assert out.data_ptr() == y.data_ptr()  # scaled in place, no new feature map
+    torch.testing.assert_close(out, expected)
+    y = x.clone().requires_grad_()
+    out = inplace(y)  # autograd needs the input: never in place
+    assert torch.equal(y, x)
+    torch.testing.assert_close(out, expected)
+
+
+def test_registered_models_use_inplace_and_agree_with_autograd_on():
+    model = timm.create_model('gct_resnet18_cifar', zero_init_last=False).eval()
+    gates = [m for m in model.modules() if isinstance(m, GatedChannelTransform)]
+    assert gates and all(m.inplace for m in gates)
+    for m in gates:
+        randomize(m, seed=3, scale=0.3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        fast = model(x)
+    torch.testing.assert_close(fast, model(x.requires_grad_()).detach())
 
 
 @pytest.mark.parametrize('mode', ['l2', 'l1'])

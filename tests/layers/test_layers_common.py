@@ -200,3 +200,35 @@ def test_layers_accept_act_layer_for_cspnet_hooks(name):
     # cspnet blocks (and efficientnet's se_layer) call attn_layer(chs, act_layer=..., device=..., dtype=...)
     block = BottleneckBlock(64, 64, attn_layer=get_attn(name), attn_last=True).eval()
     assert block(torch.randn(1, 64, 8, 8)).shape == (1, 64, 8, 8)
+
+
+INPLACE = ['gct', 'nam', 'eca', 'srm', 'fca']  # the channel gates: ``inplace=True`` scales the input without autograd
+
+
+@pytest.mark.parametrize('name', INPLACE)
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_inplace_gate_writes_into_the_input_only_without_autograd(name, memory_format):
+    layer = _randomize(LAYERS[name](32)).eval()
+    inplace = copy.deepcopy(layer)
+    inplace.inplace = True
+    x = torch.randn(2, 32, 7, 7).to(memory_format=memory_format)
+    expected = layer(x).detach()
+    with torch.inference_mode():
+        y = x.clone()
+        out = inplace(y)
+    assert out.data_ptr() == y.data_ptr() and out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, expected)
+    y = x.clone().requires_grad_()
+    out = inplace(y)  # autograd needs the input: a new tensor, the input untouched
+    assert out.data_ptr() != y.data_ptr() and torch.equal(y, x)
+    torch.testing.assert_close(out, expected)
+    traced = torch.fx.symbolic_trace(inplace)  # the in-place choice is made at run time, inside an FX leaf
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x.clone()), expected)
+
+
+@pytest.mark.parametrize('name', INPLACE)
+def test_registered_models_use_inplace_gates(name):
+    model = create_model(f'{name}_resnet18_cifar')
+    gates = [m for m in model.modules() if type(m) is get_attn(name)]
+    assert gates and all(m.inplace for m in gates)

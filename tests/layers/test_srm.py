@@ -9,7 +9,7 @@ import torch.fx
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
-from timm_gct.layers.srm import StyleRecalibration
+from timm_gct.layers.srm import StyleRecalibration, _style_pool
 from tests.helpers import randomize
 
 
@@ -127,3 +127,19 @@ def test_pure_float16_statistics_do_not_overflow():
 def test_bad_eps_is_a_value_error(eps):
     with pytest.raises(ValueError, match=r'StyleRecalibration: eps=.* is not allowed; expected a finite number > 0'):
         StyleRecalibration(8, eps=eps)
+
+
+@pytest.mark.parametrize('shift', [0., 1e3])
+def test_two_pass_style_pool_matches_var_mean(shift):
+    x = torch.randn(3, 5, 9, 8, dtype=torch.float64) * 2 + shift
+    var, mean = torch.var_mean(x, dim=(2, 3), correction=1)
+    expected = torch.stack((mean, (var + 1e-5).sqrt()), dim=2)
+    torch.testing.assert_close(_style_pool(x, 1e-5), expected, rtol=1e-12, atol=0)
+    # float32: the centred second pass keeps the variance accurate under a large mean (no E[x^2] - E[x]^2)
+    pooled = _style_pool(x.float(), 1e-5).double()
+    torch.testing.assert_close(pooled[..., 1], (var + 1e-5).sqrt(), rtol=1e-5, atol=0)
+
+
+def test_two_pass_style_pool_gradcheck():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: _style_pool(x, 1e-5), (x,))

@@ -111,8 +111,8 @@ def entries_for(models: Sequence[str], official: bool = True) -> List[Entry]:
             impl = OURS
         except KeyError:  # a timm model, e.g. seresnet50 for timm's own SE
             mechanism, impl = None, TIMM
-        twin = plain_twin(name)
-        if not timm.is_model(twin):
+        twin = plain_twin(name) if 'resnet' in name else None
+        if twin is None or not timm.is_model(twin):
             raise ValueError(f'models: {name!r} has no plain ResNet twin ({twin!r} is not a timm model); expected a '
                              f'ResNet variant such as gct_resnet50, gct_resnet18_cifar or seresnet50.')
         if name == twin:

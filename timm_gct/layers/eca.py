@@ -39,12 +39,16 @@ Deviations from the official code, all without a change of math:
 from typing import Optional
 
 import torch
+import torch.fx
 from torch import nn
 from timm.layers import LayerType
 
 from ._checks import check_channels, check_odd_kernel
+from ._gating import apply_gate
 
 __all__ = ['EfficientChannelAttention']
+
+torch.fx.wrap('apply_gate')
 
 
 class EfficientChannelAttention(nn.Module):
@@ -54,6 +58,7 @@ class EfficientChannelAttention(nn.Module):
             self,
             channels: int,
             kernel_size: int = 3,
+            inplace: bool = False,
             act_layer: Optional[LayerType] = None,
             device=None,
             dtype=None,
@@ -63,19 +68,21 @@ class EfficientChannelAttention(nn.Module):
             channels: Number of input (and output) channels; checked, otherwise unused (as in the official code).
             kernel_size: Taps k of the 1-D conv across channels, an odd int >= 1 (official default 3). The released
                 ImageNet models use per-stage values, see the module docstring.
+            inplace: Without autograd, scale the input in place (its caller must not read it again).
             act_layer: Accepted and ignored, so the layer also fits timm's cspnet / efficientnet attention hooks.
         """
         super().__init__()
         name = type(self).__name__
         check_channels(name, channels)
         check_odd_kernel(name, kernel_size)
+        self.inplace = inplace
         self.conv = nn.Conv1d(
             1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         y = self.conv(x.mean(dim=(2, 3)).view(B, 1, C))
-        return x * torch.sigmoid(y).view(B, C, 1, 1).to(x.dtype)
+        return apply_gate(x, torch.sigmoid(y).view(B, C, 1, 1), self.inplace)
 
     def extra_repr(self) -> str:
-        return f'kernel_size={self.conv.kernel_size[0]}'
+        return f'kernel_size={self.conv.kernel_size[0]}, inplace={self.inplace}'

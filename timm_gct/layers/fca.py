@@ -46,9 +46,12 @@ from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
 from ._checks import check_channels, check_choice, check_int, divided_channels
+from ._gating import apply_gate
 from ._reduce import spatial_sum
 
 __all__ = ['MultiSpectralAttention', 'MultiSpectralDCTLayer', 'dct_filter', 'freq_indices']
+
+torch.fx.wrap('apply_gate')
 
 torch.fx.wrap('spatial_sum')
 
@@ -118,6 +121,7 @@ class MultiSpectralAttention(nn.Module):
             dct_size: int = 7,
             reduction: int = 16,
             freq_sel_method: str = 'top16',
+            inplace: bool = False,
             act_layer: LayerType = nn.ReLU,
             device=None,
             dtype=None,
@@ -129,6 +133,7 @@ class MultiSpectralAttention(nn.Module):
                 Official: 56, 28, 14, 7 in stages 1-4 (the map sizes at 224 x 224); at least 7.
             reduction: The excitation's hidden width is channels // reduction (official: 16).
             freq_sel_method: Frequency selection, 'topK' with K in 1, 2, 4, 8, 16, 32 (official: 'top16').
+            inplace: Without autograd, scale the input in place (its caller must not read it again).
             act_layer: Activation between the two linear layers (official: ReLU).
         """
         dd = {'device': device, 'dtype': dtype}
@@ -144,6 +149,7 @@ class MultiSpectralAttention(nn.Module):
                 f'multiple of {num_freq} (one group of channels per frequency).')
         hidden = divided_channels(name, channels, reduction)
         self.dct_size = dct_size
+        self.inplace = inplace
         self.reduction = reduction
         self.dct_layer = MultiSpectralDCTLayer(channels, dct_size, freq_sel_method, **dd)
         # Indices 0 and 2 hold the weights, as in the official checkpoints (``att.fc.0.weight``, ``att.fc.2.weight``).
@@ -157,9 +163,9 @@ class MultiSpectralAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         y = self.dct_layer(_pool_to_dct_size(x, self.dct_size))
-        gate = self.fc(y.to(x.dtype)).reshape(B, C, 1, 1)
-        return x * gate.to(x.dtype)
+        return apply_gate(x, self.fc(y.to(x.dtype)).reshape(B, C, 1, 1), self.inplace)
 
     def extra_repr(self) -> str:
         method = self.dct_layer.freq_sel_method
-        return f'dct_size={self.dct_size}, reduction={self.reduction}, freq_sel_method={method!r}'
+        return (f'dct_size={self.dct_size}, reduction={self.reduction}, freq_sel_method={method!r}, '
+                f'inplace={self.inplace}')

@@ -29,12 +29,16 @@ Deviations from the official code:
 from typing import Optional
 
 import torch
+import torch.fx
 from torch import nn
 from timm.layers import LayerType
 
 from ._checks import check_channels, check_positive
+from ._gating import apply_gate
 
 __all__ = ['NormalizationAttention']
+
+torch.fx.wrap('apply_gate')
 
 
 class NormalizationAttention(nn.Module):
@@ -44,6 +48,7 @@ class NormalizationAttention(nn.Module):
             self,
             channels: int,
             sparsity: float = 0.,
+            inplace: bool = False,
             act_layer: Optional[LayerType] = None,
             device=None,
             dtype=None,
@@ -53,12 +58,14 @@ class NormalizationAttention(nn.Module):
             channels: Number of input (and output) channels.
             sparsity: Strength s of the L1 sparsity regulariser on the BN scale (official value when enabled: 1e-4);
                 0 disables it.
+            inplace: Without autograd, scale the input in place (its caller must not read it again).
             act_layer: Accepted and ignored, so the layer also fits timm's cspnet / efficientnet attention hooks.
         """
         super().__init__()
         check_channels(type(self).__name__, channels)
         check_positive(type(self).__name__, 'sparsity', sparsity, allow_zero=True)
         self.sparsity = float(sparsity)
+        self.inplace = inplace
         self.bn = nn.BatchNorm2d(channels, device=device, dtype=dtype)
         self._register_sparsity_hook()
 
@@ -78,8 +85,9 @@ class NormalizationAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.bn.weight.detach().abs()
         weight = scale / scale.sum().clamp_min(1e-12)
-        gate = torch.sigmoid(self.bn(x) * weight.view(1, -1, 1, 1))
-        return x * gate.to(x.dtype)
+        # The BN output is a fresh tensor that its backward does not need: scale and squash it in place.
+        gate = torch.sigmoid_(self.bn(x).mul_(weight.view(1, -1, 1, 1)))
+        return apply_gate(x, gate, self.inplace)
 
     def extra_repr(self) -> str:
-        return f'sparsity={self.sparsity}'
+        return f'sparsity={self.sparsity}, inplace={self.inplace}'

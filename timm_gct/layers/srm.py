@@ -33,28 +33,63 @@ Deviations from the official code, all without a change of math:
 * ``cfc`` is stored 1-D, shape (2 C,), instead of (C, 2), for the weight-decay filter (see above).
 * The two input checks above.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.fx
 from torch import nn
+from torch.autograd.function import once_differentiable
 from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_channels, check_positive
+from ._gating import apply_gate
 from ._guards import check_batch_for_batchnorm, check_min_spatial
 from ._precision import upcast
 
 __all__ = ['StyleRecalibration']
 
+torch.fx.wrap('apply_gate')
+
 torch.fx.wrap('check_batch_for_batchnorm')
 torch.fx.wrap('check_min_spatial')
+
+
+class _StylePool(torch.autograd.Function):
+    """Mean and sqrt(unbiased var + eps) over H x W by two passes (the mean, then the norm of the centred map):
+    ``torch.var_mean`` over the spatial dims is ~80x slower than a sum on the CPU. Only the input is kept for the
+    backward, dL/dx = dL/dmean / M + dL/dstd * (x - mean) / ((M - 1) std), one pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float):
+        acc = upcast(x)
+        m = x.shape[-2] * x.shape[-1]
+        mean = acc.mean(dim=(2, 3), keepdim=True)
+        std = (torch.linalg.vector_norm(acc - mean, 2, dim=(2, 3), keepdim=True).square() / (m - 1) + eps).sqrt()
+        ctx.save_for_backward(x, mean, std)
+        return mean, std
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mean: torch.Tensor, grad_std: torch.Tensor):
+        x, mean, std = ctx.saved_tensors
+        m = x.shape[-2] * x.shape[-1]
+        scale = grad_std / ((m - 1) * std)
+        return torch.addcmul(grad_mean / m - mean * scale, x, scale.to(x.dtype)).to(x.dtype), None
 
 
 @register_notrace_function
 def _style_pool(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-channel (mean, sqrt(unbiased var + eps)) of an NCHW tensor, shape (N, C, 2), in float32 or float64."""
-    var, mean = torch.var_mean(upcast(x), dim=(2, 3), correction=1)
-    return torch.stack((mean, (var + eps).sqrt()), dim=2)
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        var, mean = torch.var_mean(upcast(x), dim=(2, 3), correction=1)
+        return torch.stack((mean, (var + eps).sqrt()), dim=2)
+    mean, std = _style_pool_eager(x, eps)
+    return torch.stack((mean.flatten(1), std.flatten(1)), dim=2)
+
+
+@torch.jit.unused
+def _style_pool_eager(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _StylePool.apply(x, eps)
 
 
 torch.fx.wrap('_style_pool')
@@ -67,6 +102,7 @@ class StyleRecalibration(nn.Module):
             self,
             channels: int,
             eps: float = 1e-5,
+            inplace: bool = False,
             act_layer: Optional[LayerType] = None,
             device=None,
             dtype=None,
@@ -75,6 +111,7 @@ class StyleRecalibration(nn.Module):
         Args:
             channels: Number of input (and output) channels.
             eps: Added to the variance inside the square root of the style pooling (official 1e-5); must be > 0.
+            inplace: Without autograd, scale the input in place (its caller must not read it again).
             act_layer: Accepted and ignored, so the layer also fits timm's cspnet / efficientnet attention hooks.
         """
         dd = {'device': device, 'dtype': dtype}
@@ -82,6 +119,7 @@ class StyleRecalibration(nn.Module):
         check_channels(type(self).__name__, channels)
         check_positive(type(self).__name__, 'eps', eps)
         self.eps = float(eps)
+        self.inplace = inplace
         self.cfc = nn.Parameter(torch.zeros(2 * channels, **dd))
         self.bn = nn.BatchNorm2d(channels, **dd)
 
@@ -92,7 +130,7 @@ class StyleRecalibration(nn.Module):
         z = (_style_pool(x, self.eps) * self.cfc.view(-1, 2)).sum(dim=2)
         # z is float32 (or float64); the BN runs in the parameters' dtype, as the official layer does.
         gate = torch.sigmoid(self.bn(z.to(self.cfc.dtype).view(B, C, 1, 1)))
-        return x * gate.to(x.dtype)
+        return apply_gate(x, gate, self.inplace)
 
     def extra_repr(self) -> str:
-        return f'{self.bn.num_features}, eps={self.eps}'
+        return f'{self.bn.num_features}, eps={self.eps}, inplace={self.inplace}'

@@ -108,15 +108,18 @@ class Mechanism:
     depths: Tuple[int, ...] = (18, 34, 50, 101, 152)
     cifar_depths: Tuple[int, ...] = (18, 34, 50)
     identity_init: bool = False  # the layer is exactly the identity at init: the ImageNet models get ResNet weights
+    # Layer arguments of every model (attn_kwargs override them); the channel gates get inplace=True, since timm's
+    # blocks never read the attention layer's input again.
+    layer_kwargs: Tuple[Tuple[str, Any], ...] = ()
 
 
 MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
     Mechanism(
         'gct', 'GCT', 'Gated Channel Transformation for Visual Recognition', 'arXiv:1909.11519',
-        'https://github.com/z-x-yang/GCT', identity_init=True),
+        'https://github.com/z-x-yang/GCT', identity_init=True, layer_kwargs=(('inplace', True),)),
     Mechanism(
         'nam', 'NAM', 'NAM: Normalization-based Attention Module', 'arXiv:2111.12419',
-        'https://github.com/Christian-lyc/NAM'),
+        'https://github.com/Christian-lyc/NAM', layer_kwargs=(('inplace', True),)),
     Mechanism(
         'gc', 'GC', 'GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond', 'arXiv:1904.11492',
         'https://github.com/xvjiarui/GCNet', stages=(2, 3, 4), identity_init=True),
@@ -125,13 +128,15 @@ MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
         'https://github.com/landskape-ai/triplet-attention'),
     Mechanism(
         'eca', 'ECA', 'ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks',
-        'arXiv:1910.03151', 'https://github.com/BangguWu/ECANet', stage_kwargs=_eca_kernel_sizes),
+        'arXiv:1910.03151', 'https://github.com/BangguWu/ECANet', stage_kwargs=_eca_kernel_sizes,
+        layer_kwargs=(('inplace', True),)),
     Mechanism(
         'srm', 'SRM', 'SRM: A Style-based Recalibration Module for Convolutional Neural Networks',
-        'arXiv:1903.10829', 'https://github.com/hyunjaelee410/style-based-recalibration-module'),
+        'arXiv:1903.10829', 'https://github.com/hyunjaelee410/style-based-recalibration-module',
+        layer_kwargs=(('inplace', True),)),
     Mechanism(
         'fca', 'FcaNet', 'FcaNet: Frequency Channel Attention Networks', 'arXiv:2012.11879',
-        'https://github.com/cfzd/FcaNet', stage_kwargs=_fca_dct_sizes),
+        'https://github.com/cfzd/FcaNet', stage_kwargs=_fca_dct_sizes, layer_kwargs=(('inplace', True),)),
     Mechanism(
         'gsop', 'GSoP', 'Global Second-order Pooling Convolutional Networks', 'arXiv:1811.12006',
         'https://github.com/ZilinGao/Global-Second-order-Pooling-Convolutional-Networks', blocks='last',
@@ -409,6 +414,7 @@ def _create_attn_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -
         attn_kwargs = kwargs.pop('attn_kwargs', None) or {}
         if not isinstance(attn_kwargs, dict):
             raise ValueError(f'{variant}: attn_kwargs={attn_kwargs!r} is not allowed; expected a dict.')
+        attn_kwargs = {**dict(m.layer_kwargs), **attn_kwargs}
         model_args['attn_stages'] = _check_attn_stages(variant, kwargs.pop('attn_stages', m.stages))
         model_args['attn_blocks'] = kwargs.pop('attn_blocks', m.blocks)
         check_choice(variant, 'attn_blocks', model_args['attn_blocks'], ('all', 'last'))

@@ -1,0 +1,30 @@
+""" The last step of every channel gate, ``x * gate``, without a new feature map when nothing needs ``x`` again.
+
+Writing the product into a fresh tensor costs an allocation and a first touch of every page, about as much as the
+product itself on a CPU. Without autograd (``torch.no_grad`` / ``inference_mode``) a layer built with
+``inplace=True`` scales its input in place instead, as timm's ``inplace`` activations do; its caller must not read the
+input again (timm's blocks never do). With autograd on, and in TorchScript or torch.compile, it is always the plain
+product. The choice depends on run-time state that torch.fx cannot branch on, so this is an FX leaf (registered for
+timm's FX feature extraction; a calling module also calls ``torch.fx.wrap('apply_gate')``).
+"""
+import torch
+from timm.layers import register_notrace_function
+
+__all__ = ['apply_gate']
+
+
+@torch.jit.unused
+def _in_place_allowed(x: torch.Tensor, gate: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():
+        return False  # inductor fuses the product anyway; an in-place write would only add a mutation
+    return not (torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad))
+
+
+@register_notrace_function
+def apply_gate(x: torch.Tensor, gate: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x * gate`` (gate broadcast, cast to x's dtype); into ``x`` itself when ``inplace`` and autograd is off."""
+    gate = gate.to(x.dtype)
+    if torch.jit.is_scripting() or not inplace or not _in_place_allowed(x, gate):
+        return x * gate
+    return x.mul_(gate)
+
