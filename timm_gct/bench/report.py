@@ -72,6 +72,7 @@ def plot_ratios(path: Path, results: Sequence[BenchResult], title: str) -> bool:
     peak training memory. False when matplotlib is not installed."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
     except ImportError:
         return False
     shown = [r for r in results if r.entry.impl != BASELINE]
@@ -97,6 +98,9 @@ def plot_ratios(path: Path, results: Sequence[BenchResult], title: str) -> bool:
         ax.set_xlabel(label)
         ax.grid(axis='x', alpha=0.3)
     axes[0].set_yticks(y, labels, fontsize='small')
+    shown_impls = dict.fromkeys(r.entry.impl for r in shown)
+    axes[-1].legend(handles=[Patch(color=colors.get(i, 'tab:green'), label=i) for i in shown_impls],
+                    fontsize='small', loc='lower right')
     fig.suptitle(title, fontsize='medium')
     fig.savefig(path, dpi=110)
     return True

@@ -33,6 +33,7 @@ Deviations from the official code, all without a change of math:
 * The pooled vector is reshaped with ``view`` instead of ``squeeze(-1).transpose(-1, -2)`` round trips, and the gate
   broadcasts instead of ``expand_as`` (same values).
 * The gate is cast to the input dtype, so the output keeps the input dtype under autocast.
+* ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
 * An even or non-positive ``kernel_size`` is a ValueError (the official code builds an even kernel whose output is
   one channel short, which fails later at ``expand_as``).
 """

@@ -29,6 +29,7 @@ persistent buffer of shape (C, S, S)) and ``layerX.Y.att.fc.{0,2}.weight``; in t
 Deviations from the official code, none in the math:
 * The weighted spatial sum accumulates in float32 (float64 for float64 input); the official sum runs in the input
   dtype (float16 under its apex O2 training).
+* ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
 * The size check in front of the pooling lives in a helper that torch.fx treats as a leaf, so the layer traces;
   as officially, the pooling only runs when the input size differs from ``dct_size`` (adaptive average pooling has
   no deterministic CUDA backward, cfzd/FcaNet #37).

@@ -19,8 +19,8 @@ Deviations from the official code, all without a change of math:
 * An unknown mode is a ValueError at construction (the official code calls an unimported ``sys.exit``).
 
 Speed (``timm-gct bench``; no change of math): in eager training the layer is one ``autograd.Function`` whose
-backward makes four passes over the feature map (the official code's autograd graph makes about ten, with five
-full-size temporaries). It keeps only the input for the backward, as the official code does. Its backward is not
+backward makes four passes over the feature map (the official code's autograd graph makes seven, with six full-size
+temporaries). It keeps only the input for the backward, as the official code does. Its backward is not
 itself differentiable (``create_graph=True`` through it raises); TorchScript, torch.fx and torch.compile (where
 inductor fuses the passes itself) run the plain formula. Without autograd (``eval`` under ``torch.no_grad`` /
 ``inference_mode``), ``inplace=True`` scales the input in place instead of allocating the output (``_gating.py``):

@@ -25,6 +25,8 @@ Deviations from the official code:
 * sum_j |gamma_j| is clamped to >= 1e-12, which only matters when every gamma is exactly zero (official: 0 / 0).
 * The gate is applied by broadcasting instead of two permute().contiguous() round trips (same values), and it is
   cast to the input dtype so the output keeps the input dtype under autocast.
+* ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
+* The BN output is scaled and squashed in place (it is a fresh tensor its backward does not need).
 """
 from typing import Optional
 

@@ -31,6 +31,10 @@ Deviations from the official code, all without a change of math:
 * The mean and unbiased variance are computed in float32 (float64 stays float64) and the gate is cast back to the
   input dtype; in float16 the variance of a map with std above 256 overflows to inf.
 * ``cfc`` is stored 1-D, shape (2 C,), instead of (C, 2), for the weight-decay filter (see above).
+* The variance takes two passes (the mean, then the norm of the centred map) in an ``autograd.Function`` that keeps
+  only the input for the backward; ``torch.var_mean`` over H x W is ~80x slower on the CPU. Its backward is not
+  differentiable again; TorchScript and torch.compile use ``torch.var_mean``.
+* ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
 * The two input checks above.
 """
 from typing import Optional, Tuple

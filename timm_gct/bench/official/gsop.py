@@ -19,41 +19,16 @@ Differences from the official code, to take our layer's settings:
 * It is a module of its own (officially: attributes and a method of ``Bottleneck``); the block's ``pre_att * att``
   is done at the end of ``forward``, as our layer does.
 """
-from typing import Any
 
 import torch
 from torch import nn
 
+from ._mpncov import Covpool
 from ...layers import GSoPChannelAttention
 
 __all__ = ['OfficialGSoPChannelAttention', 'from_layer']
 
 LAYER = GSoPChannelAttention
-
-
-class _Covpool(torch.autograd.Function):
-    """The official ``MPNCOV.Covpool``: Z I_hat Z^T with the explicit M x M centring matrix, and its backward."""
-
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor) -> torch.Tensor:
-        batch_size, dim, h, w = input.shape
-        m = h * w
-        x = input.reshape(batch_size, dim, m)
-        # Built in the default dtype and cast, one copy per sample, as officially.
-        i_hat = (-1. / m / m) * torch.ones(m, m, device=x.device) + (1. / m) * torch.eye(m, m, device=x.device)
-        i_hat = i_hat.view(1, m, m).repeat(batch_size, 1, 1).type(x.dtype)
-        y = x.bmm(i_hat).bmm(x.transpose(1, 2))
-        ctx.save_for_backward(input, i_hat)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
-        input, i_hat = ctx.saved_tensors
-        batch_size, dim, h, w = input.shape
-        x = input.reshape(batch_size, dim, h * w)
-        grad_input = grad_output + grad_output.transpose(1, 2)
-        grad_input = grad_input.bmm(x).bmm(i_hat)
-        return grad_input.reshape(batch_size, dim, h, w)
 
 
 class OfficialGSoPChannelAttention(nn.Module):
@@ -85,7 +60,7 @@ class OfficialGSoPChannelAttention(nn.Module):
         out = self.conv_for_DR(out)
         out = self.bn_for_DR(out)
         out = self.relu(out)
-        out = _Covpool.apply(out)  # N x d x d
+        out = Covpool.apply(out)  # N x d x d
         out = out.view(out.size(0), out.size(1), out.size(2), 1).contiguous()  # N x d x d x 1
         out = self.row_bn(out)
         out = self.row_conv_group(out)  # N x 4d x 1 x 1

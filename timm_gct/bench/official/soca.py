@@ -27,6 +27,7 @@ from typing import Any, Tuple
 import torch
 from torch import nn
 
+from ._mpncov import Covpool
 from ...layers import SecondOrderChannelAttention
 
 __all__ = ['OfficialSOCA', 'from_layer']
@@ -34,31 +35,6 @@ __all__ = ['OfficialSOCA', 'from_layer']
 LAYER = SecondOrderChannelAttention
 
 _CROP = 1000  # official h1 = w1 = 1000
-
-
-class _Covpool(torch.autograd.Function):
-    """The official ``MPNCOV.Covpool``: X I_hat X^T with the explicit M x M centring matrix, and its backward."""
-
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor) -> torch.Tensor:
-        batch_size, dim, h, w = input.shape
-        m = h * w
-        x = input.reshape(batch_size, dim, m)
-        # Built in the default dtype and cast, one copy per sample, as officially.
-        i_hat = (-1. / m / m) * torch.ones(m, m, device=x.device) + (1. / m) * torch.eye(m, m, device=x.device)
-        i_hat = i_hat.view(1, m, m).repeat(batch_size, 1, 1).type(x.dtype)
-        y = x.bmm(i_hat).bmm(x.transpose(1, 2))
-        ctx.save_for_backward(input, i_hat)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
-        input, i_hat = ctx.saved_tensors
-        batch_size, dim, h, w = input.shape
-        x = input.reshape(batch_size, dim, h * w)
-        grad_input = grad_output + grad_output.transpose(1, 2)
-        grad_input = grad_input.bmm(x).bmm(i_hat)
-        return grad_input.reshape(batch_size, dim, h, w)
 
 
 class _Sqrtm(torch.autograd.Function):
@@ -158,7 +134,7 @@ class OfficialSOCA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_size, C, h, w = x.shape
         x_sub = self._crop(x)
-        cov_mat = _Covpool.apply(x_sub)
+        cov_mat = Covpool.apply(x_sub)
         cov_mat_sqrt = _Sqrtm.apply(cov_mat, self.iter_n)
         cov_mat_sum = torch.mean(cov_mat_sqrt, 1)
         cov_mat_sum = cov_mat_sum.view(batch_size, C, 1, 1)
