@@ -25,7 +25,7 @@ def _csv_row(r: BenchResult, cfg: BenchConfig, img_size: int) -> Dict[str, str]:
         'model': r.entry.name, 'impl': r.entry.impl, 'baseline': r.entry.baseline, 'device': str(cfg.device),
         'amp': cfg.amp or '', 'channels_last': str(cfg.channels_last), 'compile': str(cfg.compile),
         'batch_size': str(cfg.batch_size), 'img_size': str(img_size), 'rounds': str(cfg.rounds),
-        'train_peak_mib': _num(r.peak_bytes / 2 ** 20 if r.peak_bytes is not None else None, '.1f'),
+        'train_peak_mib': _num(r.peak_mib, '.1f'),
         'train_peak_ratio': _num(r.memory_ratio, '.4f'),
     }
     for mode in ('infer', 'train'):
@@ -61,8 +61,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
             q = r.ratio_spread(mode)
             row += [_num(r.median_ms(mode), '.1f'), _num(r.ratio(mode), '.3f'), f'{q[0]:.3f}-{q[1]:.3f}' if q else '']
         if memory:
-            row += [_num(r.peak_bytes / 2 ** 20 if r.peak_bytes is not None else None, '.0f'),
-                    _num(r.memory_ratio, '.3f')]
+            row += [_num(r.peak_mib, '.0f'), _num(r.memory_ratio, '.3f')]
         rows.append(row)
     return text_table(head, rows, left=2)
 

@@ -90,6 +90,10 @@ class BenchResult:
         return q[0], q[2]
 
     @property
+    def peak_mib(self) -> Optional[float]:
+        return self.peak_bytes / 2 ** 20 if self.peak_bytes is not None else None
+
+    @property
     def memory_ratio(self) -> Optional[float]:
         if self.peak_bytes is None or not self.baseline_peak_bytes:
             return None
@@ -174,10 +178,7 @@ class _Runner:
             self.train()
             sync(self.device)
             return torch.cuda.max_memory_allocated(self.device) - start
-        if self.device.type != 'cpu':
-            raise ValueError(f'bench: peak memory on device {self.device} is not supported; expected cpu or cuda '
-                             f'(pass --no-memory).')
-        return _cpu_peak_bytes(self.train)
+        return _cpu_peak_bytes(self.train)  # _check allowed only cpu and cuda
 
 
 def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
@@ -206,6 +207,10 @@ def _check(cfg: BenchConfig) -> None:
         raise ValueError(f'bench: warmup={cfg.warmup} is not allowed; expected an integer >= 0.')
     if cfg.amp is not None and cfg.amp not in _AMP_DTYPES:
         raise ValueError(f'bench: amp={cfg.amp!r} is not allowed; expected one of {sorted(_AMP_DTYPES)} or None.')
+    if cfg.memory and 'train' in cfg.modes and cfg.device.type not in ('cpu', 'cuda'):
+        # checked before the rounds, not after minutes of timing
+        raise ValueError(f'bench: peak memory on device {cfg.device} is not supported; expected cpu or cuda '
+                         f'(pass --no-memory).')
     bad = [m for m in cfg.modes if m not in ('infer', 'train')]
     if bad or not cfg.modes:
         raise ValueError(f'bench: modes={cfg.modes!r} is not allowed; expected a non-empty subset of (infer, train).')

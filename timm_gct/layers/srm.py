@@ -32,7 +32,7 @@ Deviations from the official code, all without a change of math:
   input dtype; in float16 the variance of a map with std above 256 overflows to inf.
 * ``cfc`` is stored 1-D, shape (2 C,), instead of (C, 2), for the weight-decay filter (see above).
 * The variance takes two passes (the mean, then the norm of the centred map) in an ``autograd.Function`` that keeps
-  only the input for the backward; ``torch.var_mean`` over H x W is ~80x slower on the CPU. Its backward is not
+  only the input for the backward; ``torch.var_mean`` over H x W is far slower on the CPU. Its backward is not
   differentiable again; TorchScript and torch.compile use ``torch.var_mean``.
 * ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
 * The two input checks above.
@@ -60,7 +60,7 @@ torch.fx.wrap('check_min_spatial')
 
 class _StylePool(torch.autograd.Function):
     """Mean and sqrt(unbiased var + eps) over H x W by two passes (the mean, then the norm of the centred map):
-    ``torch.var_mean`` over the spatial dims is ~80x slower than a sum on the CPU. Only the input is kept for the
+    ``torch.var_mean`` over the spatial dims is far slower than a sum on the CPU. Only the input is kept for the
     backward, dL/dx = dL/dmean / M + dL/dstd * (x - mean) / ((M - 1) std), one pass."""
 
     @staticmethod
