@@ -108,3 +108,32 @@ def test_all_zero_gamma_gives_no_nan():
 def test_bad_sparsity_is_a_value_error(sparsity):
     with pytest.raises(ValueError, match=r'NormalizationAttention: sparsity=.* expected a finite number >= 0'):
         NormalizationAttention(8, sparsity=sparsity)
+
+
+@pytest.mark.parametrize('bn_kwargs', [{}, {'momentum': None}, {'track_running_stats': False}])
+def test_folded_batch_norm_keeps_batchnorm2d_bookkeeping(bn_kwargs):
+    """The forward folds w into the BN's affine parameters; the running statistics must evolve as nn.BatchNorm2d's."""
+    layer = _random_nam(6)
+    layer.bn = randomize(torch.nn.BatchNorm2d(6, dtype=torch.float64, **bn_kwargs), seed=3)
+    plain_bn = copy.deepcopy(layer.bn)
+    for step in range(3):
+        x = torch.randn(4, 6, 3, 5, dtype=torch.float64) * (step + 1)
+        w = layer.bn.weight.abs() / layer.bn.weight.abs().sum()
+        expected = torch.sigmoid(plain_bn(x) * w.view(1, -1, 1, 1)) * x
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.bn.state_dict(), plain_bn.state_dict(), rtol=1e-12, atol=1e-12)
+    layer.eval(), plain_bn.eval()
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64)
+    w = layer.bn.weight.abs() / layer.bn.weight.abs().sum()
+    torch.testing.assert_close(layer(x), torch.sigmoid(plain_bn(x) * w.view(1, -1, 1, 1)) * x, rtol=1e-12, atol=1e-12)
+
+
+def test_a_replaced_norm_runs_its_own_forward():
+    """timm's freeze_batch_norm_2d (and SyncBatchNorm conversion) swap the BN class: its own forward must run."""
+    from timm.layers import freeze_batch_norm_2d
+    layer = _random_nam(6).eval()
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    expected = layer(x)
+    frozen = freeze_batch_norm_2d(copy.deepcopy(layer))
+    assert not isinstance(frozen.bn, torch.nn.BatchNorm2d)
+    torch.testing.assert_close(frozen(x), expected, rtol=1e-12, atol=1e-12)

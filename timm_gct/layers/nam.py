@@ -26,12 +26,16 @@ Deviations from the official code:
 * The gate is applied by broadcasting instead of two permute().contiguous() round trips (same values), and it is
   cast to the input dtype so the output keeps the input dtype under autocast.
 * ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
-* The BN output is scaled and squashed in place (it is a fresh tensor its backward does not need).
+* BN(x) * w is computed as one batch-norm call with w folded into its affine parameters (gamma * w, beta * w):
+  the same function with one pass less over the map in the forward and in the backward, and the same running
+  statistics. A BN replaced by another norm (``SyncBatchNorm`` conversion, timm's frozen BN) runs its own forward.
+  The product is squashed in place (it is a fresh tensor its backward does not need).
 """
 from typing import Optional
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType
 
@@ -87,9 +91,26 @@ class NormalizationAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.bn.weight.detach().abs()
         weight = scale / scale.sum().clamp_min(1e-12)
-        # The BN output is a fresh tensor that its backward does not need: scale and squash it in place.
-        gate = torch.sigmoid_(self.bn(x).mul_(weight.view(1, -1, 1, 1)))
-        return apply_gate(x, gate, self.inplace)
+        if isinstance(self.bn, nn.BatchNorm2d):
+            logits = self._scaled_batch_norm(x, weight)
+        else:
+            logits = self.bn(x).mul_(weight.view(1, -1, 1, 1))
+        # The logits are a fresh tensor that no backward needs: squash them in place.
+        return apply_gate(x, torch.sigmoid_(logits), self.inplace)
+
+    def _scaled_batch_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``self.bn(x) * weight`` per channel: nn.BatchNorm2d's forward with weight folded into gamma and beta."""
+        bn = self.bn
+        momentum = 0. if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                momentum = 1. / float(bn.num_batches_tracked)
+        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        keep = not bn.training or bn.track_running_stats
+        return F.batch_norm(
+            x, bn.running_mean if keep else None, bn.running_var if keep else None,
+            bn.weight * weight, bn.bias * weight, batch_stats, momentum, bn.eps)
 
     def extra_repr(self) -> str:
         return f'sparsity={self.sparsity}, inplace={self.inplace}'
