@@ -5,9 +5,12 @@ hyper-parameter fails when the model is built rather than deep inside a forward 
 """
 from typing import Any, Collection
 
+from torch import nn
+from timm.layers import create_act_layer
+
 __all__ = [
-    'check_channels', 'check_choice', 'check_int', 'check_odd_kernel', 'check_positive', 'divided_channels',
-    'reduced_channels',
+    'check_act_layer', 'check_bool', 'check_channels', 'check_choice', 'check_int', 'check_odd_kernel',
+    'check_positive', 'divided_channels', 'reduced_channels',
 ]
 
 
@@ -15,6 +18,24 @@ def check_channels(layer: str, channels: Any) -> None:
     """Require a positive integer channel count."""
     if not _is_int(channels) or channels < 1:
         raise ValueError(f'{layer}: channels={channels!r} is not allowed; expected a positive int.')
+
+
+def check_bool(layer: str, name: str, value: Any) -> None:
+    """Require True or False (a truthy 1 or 'yes' is a typo more often than a choice)."""
+    if not isinstance(value, bool):
+        raise ValueError(f'{layer}: {name}={value!r} is not allowed; expected True or False.')
+
+
+def check_act_layer(layer: str, act_layer: Any) -> None:
+    """Require what timm's ``create_act_layer`` turns into a module: an activation name timm knows, or a class."""
+    try:
+        module = create_act_layer(act_layer)
+    except (KeyError, TypeError):  # timm: KeyError for an unknown name; calling a non-class: TypeError
+        module = None
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"{layer}: act_layer={act_layer!r} is not allowed; expected an activation name timm knows (e.g. 'relu', "
+            f"'gelu', 'silu') or an nn.Module class.")
 
 
 def check_int(layer: str, name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:

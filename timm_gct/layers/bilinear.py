@@ -46,7 +46,7 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, create_act_layer
 
-from ._checks import check_channels, check_int, reduced_channels
+from ._checks import check_act_layer, check_channels, check_int, reduced_channels
 from ._guards import check_batch_for_batchnorm
 from ._reduce import spatial_sum
 
@@ -95,6 +95,7 @@ class BilinearAttention(nn.Module):
         check_channels(name, channels)
         check_int(name, 'rd_max', rd_max, allow_none=True)
         rd_channels = reduced_channels(name, channels, rd_ratio, 'reduced channels')
+        check_act_layer(name, act_layer)
         if rd_max is not None:
             rd_channels = min(rd_channels, rd_max)
         self.rd_channels = rd_channels

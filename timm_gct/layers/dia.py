@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ._checks import check_channels
+from ._checks import check_bool, check_channels
 
 __all__ = ['DenseImplicitAttention', 'DIAStage']
 
@@ -70,6 +70,7 @@ class DenseImplicitAttention(nn.Module):
             raise ValueError(
                 f'DenseImplicitAttention: channels={channels} is not allowed; the cell reduces to channels // 4 '
                 f'hidden units, so it needs channels >= 4.')
+        check_bool(type(self).__name__, 'recurrent', recurrent)
         self.recurrent = recurrent
         self.w_ih = _small_cell(channels, channels, device=device, dtype=dtype)
         self.w_hh = _small_cell(channels, channels, device=device, dtype=dtype)

@@ -44,7 +44,7 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType
 
-from ._checks import check_channels, check_odd_kernel
+from ._checks import check_bool, check_channels, check_odd_kernel
 from ._gating import apply_gate
 
 __all__ = ['EfficientChannelAttention']
@@ -76,6 +76,7 @@ class EfficientChannelAttention(nn.Module):
         name = type(self).__name__
         check_channels(name, channels)
         check_odd_kernel(name, kernel_size)
+        check_bool(name, 'inplace', inplace)
         self.inplace = inplace
         self.conv = nn.Conv1d(
             1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False, device=device, dtype=dtype)

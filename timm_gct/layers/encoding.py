@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_int, reduced_channels
+from ._checks import check_act_layer, check_bool, check_channels, check_int, reduced_channels
 from ._precision import upcast, without_autocast
 
 __all__ = ['EncodingAttention']
@@ -128,8 +128,8 @@ class EncodingAttention(nn.Module):
         check_channels(name, channels)
         check_int(name, 'num_codes', num_codes)
         check_int(name, 'rd_max', rd_max, allow_none=True)
-        if not isinstance(scale_drop, bool):
-            raise ValueError(f'{name}: scale_drop={scale_drop!r} is not allowed; expected True or False.')
+        check_bool(name, 'scale_drop', scale_drop)
+        check_act_layer(name, act_layer)
         rd_channels = reduced_channels(name, channels, rd_ratio, 'codeword dimensions')
         if rd_max is not None:
             rd_channels = min(rd_channels, rd_max)

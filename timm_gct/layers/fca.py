@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_choice, check_int, divided_channels
+from ._checks import check_act_layer, check_bool, check_channels, check_choice, check_int, divided_channels
 from ._gating import apply_gate
 from ._reduce import spatial_sum
 
@@ -149,6 +149,8 @@ class MultiSpectralAttention(nn.Module):
                 f'{name}: channels={channels!r} is not allowed with freq_sel_method={freq_sel_method!r}; expected a '
                 f'multiple of {num_freq} (one group of channels per frequency).')
         hidden = divided_channels(name, channels, reduction)
+        check_bool(name, 'inplace', inplace)
+        check_act_layer(name, act_layer)
         self.dct_size = dct_size
         self.inplace = inplace
         self.reduction = reduction

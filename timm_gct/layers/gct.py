@@ -39,7 +39,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from timm.layers import LayerType, register_notrace_function
 
-from ._checks import check_channels, check_choice, check_positive
+from ._checks import check_bool, check_channels, check_choice, check_positive
 from ._gating import apply_gate
 from ._reduce import spatial_sum
 
@@ -184,6 +184,8 @@ class GatedChannelTransform(nn.Module):
         check_channels(type(self).__name__, channels)
         check_choice(type(self).__name__, 'mode', mode, ('l2', 'l1'))
         check_positive(type(self).__name__, 'eps', eps)
+        check_bool(type(self).__name__, 'after_relu', after_relu)
+        check_bool(type(self).__name__, 'inplace', inplace)
         if after_relu and mode != 'l1':
             raise ValueError(
                 f"GatedChannelTransform: after_relu=True is only allowed with mode='l1', got mode={mode!r}.")

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from timm.layers import LayerType, create_act_layer
 
-from ._checks import check_channels, check_choice, reduced_channels
+from ._checks import check_act_layer, check_channels, check_choice, reduced_channels
 
 __all__ = ['GlobalContextBlock']
 
@@ -73,6 +73,7 @@ class GlobalContextBlock(nn.Module):
                 f'{name}: fusion_types={fusion_types!r} is not allowed; expected a non-empty sequence of distinct '
                 f'values from {_FUSION_TYPES}.')
         planes = reduced_channels(name, channels, rd_ratio, 'hidden channels')
+        check_act_layer(name, act_layer)
         self.pooling_type = pooling_type
         self.fusion_types = tuple(fusion_types)
 

@@ -34,7 +34,7 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_int
+from ._checks import check_act_layer, check_channels, check_int
 from ._precision import upcast, without_autocast
 from ._reduce import covariance
 
@@ -80,6 +80,7 @@ class GSoPChannelAttention(nn.Module):
         check_channels(name, channels)
         check_int(name, 'att_dim', att_dim)
         check_int(name, 'stride', stride)
+        check_act_layer(name, act_layer)
         self.att_dim = att_dim
         self.stride = stride
         # Submodule names follow the official Bottleneck.

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType
 
-from ._checks import check_channels, check_positive
+from ._checks import check_bool, check_channels, check_positive
 from ._gating import apply_gate
 
 __all__ = ['NormalizationAttention']
@@ -70,6 +70,7 @@ class NormalizationAttention(nn.Module):
         super().__init__()
         check_channels(type(self).__name__, channels)
         check_positive(type(self).__name__, 'sparsity', sparsity, allow_zero=True)
+        check_bool(type(self).__name__, 'inplace', inplace)
         self.sparsity = float(sparsity)
         self.inplace = inplace
         self.bn = nn.BatchNorm2d(channels, device=device, dtype=dtype)

@@ -50,7 +50,7 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
-from ._checks import check_channels, check_int, check_positive, divided_channels
+from ._checks import check_act_layer, check_channels, check_int, check_positive, divided_channels
 from ._precision import upcast, without_autocast
 from ._reduce import covariance
 
@@ -144,6 +144,7 @@ class SecondOrderChannelAttention(nn.Module):
         check_int(name, 'cov_group_size', cov_group_size, allow_none=True)
         check_positive(name, 'eps', eps)
         hidden = divided_channels(name, channels, reduction)
+        check_act_layer(name, act_layer)
         groups = 1 if cov_group_size is None else -(-channels // cov_group_size)
         self.reduction = reduction
         self.iter_n = iter_n

@@ -45,7 +45,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from timm.layers import LayerType, register_notrace_function
 
-from ._checks import check_channels, check_positive
+from ._checks import check_bool, check_channels, check_positive
 from ._gating import apply_gate
 from ._guards import check_batch_for_batchnorm, check_min_spatial
 from ._precision import upcast
@@ -122,6 +122,7 @@ class StyleRecalibration(nn.Module):
         super().__init__()
         check_channels(type(self).__name__, channels)
         check_positive(type(self).__name__, 'eps', eps)
+        check_bool(type(self).__name__, 'inplace', inplace)
         self.eps = float(eps)
         self.inplace = inplace
         self.cfc = nn.Parameter(torch.zeros(2 * channels, **dd))

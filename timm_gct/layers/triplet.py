@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from timm.layers import LayerType
 
-from ._checks import check_channels, check_odd_kernel
+from ._checks import check_bool, check_channels, check_odd_kernel
 
 __all__ = ['TripletAttention']
 
@@ -105,8 +105,7 @@ class TripletAttention(nn.Module):
         name = type(self).__name__
         check_channels(name, channels)
         check_odd_kernel(name, kernel_size)
-        if not isinstance(no_spatial, bool):
-            raise ValueError(f'{name}: no_spatial={no_spatial!r} is not allowed; expected True or False.')
+        check_bool(name, 'no_spatial', no_spatial)
         self.kernel_size = kernel_size
         self.no_spatial = no_spatial
         self.ChannelGateH = _ZPoolGate(kernel_size, **dd)
