@@ -33,7 +33,8 @@ stored with shape (1, 1, 1, 1) so that timm's optimizer factory, which never dec
 
 Deviations from the official code:
 * No hard-coded device: the official ``INF()`` builds a (B*W, H, H) -inf diagonal with ``.cuda()`` on every call;
-  here the diagonal of the column energies is filled with -inf in place, so no mask tensor exists at all.
+  here an H x 1 x H boolean diagonal on the input's device masks the column energies (out of place, so that
+  torch.export and the ONNX exporter see a functional graph).
 * Energies and the softmax run in float32 (float64 stays float64) with autocast disabled; the weighted sums of v run
   in v's dtype (convex combinations cannot overflow).
 * The energies and sums are einsums on the (B, C, H, W) layout instead of permute/contiguous/bmm round trips.
@@ -59,7 +60,10 @@ def _weights_impl(q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch
     energy_col = torch.einsum('bchw,bcjw->bhwj', q, k)  # (B, H, W, H)
     energy_row = torch.einsum('bchw,bchj->bhwj', q, k)  # (B, H, W, W)
     # The centre pixel is in its column and its row: keep it once (in the row), as the official -inf diagonal does.
-    energy_col.diagonal(0, 1, 3).fill_(float('-inf'))
+    # (H, 1, H): h == j for any w; from arange, since onnxruntime has no boolean EyeLike for an exported torch.eye
+    rows = torch.arange(H, device=q.device)
+    centre = rows.view(H, 1, 1) == rows.view(1, 1, H)
+    energy_col = energy_col.masked_fill(centre, float('-inf'))
     attn = torch.softmax(torch.cat([energy_col, energy_row], dim=3), dim=3)
     return attn[..., :H], attn[..., H:]
 
