@@ -5,7 +5,7 @@ from typing import Callable, Dict
 
 from torch import nn
 
-__all__ = ['RunsCodeWhenUnpickled', 'assert_gradients_match', 'randomize']
+__all__ = ['RunsCodeWhenUnpickled', 'assert_gradients_match', 'attention_layers', 'attention_model', 'randomize']
 
 
 def randomize(module: nn.Module, seed: int = 0, scale: float = 1.) -> nn.Module:
@@ -54,3 +54,22 @@ class RunsCodeWhenUnpickled:
 
     def __reduce__(self):
         return Path.touch, (Path(self.marker),)
+
+
+
+def attention_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    """The attention layers of a model by qualified name: the modules of the public classes of timm_gct.layers (not
+    their inner parts; DIA's shared cell appears once per block that calls it, under the block's name)."""
+    import timm_gct.layers
+    public = tuple(getattr(timm_gct.layers, n) for n in timm_gct.layers.__all__ if n[0].isupper())
+    return {name: m for name, m in model.named_modules(remove_duplicate=False)
+            if isinstance(m, public) and not name.endswith('.cell')}
+
+
+def attention_model(name: str, num_classes: int = 4, **kwargs) -> nn.Module:
+    """timm.create_model(name) with every attention layer away from its init (no layer starts as a no-op)."""
+    import timm
+    model = timm.create_model(name, num_classes=num_classes, zero_init_last=False, **kwargs)
+    for layer in attention_layers(model).values():
+        randomize(layer, seed=1, scale=0.3)
+    return model

@@ -174,3 +174,19 @@ def test_beta_is_not_weight_decayed_by_timms_optimizer_factory():
     for n, p in gct_params.items():
         expected = 0. if n.endswith('.beta') else 1e-4
         assert decay_of[id(p)] == expected, n
+
+
+def test_float16_sum_of_squares_overflows_in_the_official_code_and_not_here():
+    """The premise of the float32 accumulation: the official op order (pow + sum in the input dtype) overflows a
+    float16 56 x 56 map of RMS 100, where this layer stays finite and close to its float32 result."""
+    from timm_gct.bench.official.gct import from_layer
+    layer = GatedChannelTransform(16)
+    with torch.no_grad():
+        layer.gamma.normal_(0, 0.3)
+        layer.beta.normal_(0, 0.3)
+    x = torch.randn(2, 16, 56, 56) * 100
+    official = from_layer(layer).half()
+    assert not torch.isfinite(official(x.half())).all()
+    out = layer.half()(x.half())
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), layer.float()(x), rtol=1e-2, atol=1e-1)

@@ -50,8 +50,8 @@ LAYERS = {
 NAMES = list(LAYERS)
 
 
-def _randomize(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    return randomize(layer, seed=seed)
+def _randomize(layer: torch.nn.Module, seed: int = 0, scale: float = 1.) -> torch.nn.Module:
+    return randomize(layer, seed=seed, scale=scale)
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -118,6 +118,20 @@ def test_output_keeps_the_input_dtype(name, dtype):
     out = layer(x)
     assert out.dtype == dtype
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('training', [True, False])
+def test_pure_float16_stays_finite_on_activations_of_rms_100(name, training):
+    # A 56 x 56 map of RMS 100 has a sum of squares of 3.1e7, far above float16's 65504 (the official GCT overflows
+    # from RMS 4.6): every reduction must accumulate in float32.
+    layer = _randomize(LAYERS[name](16), scale=0.3).half().train(training)
+    x = (torch.randn(2, 16, 56, 56) * 100).half().requires_grad_()
+    out = layer(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    if training:
+        (out.float() / out.numel()).sum().backward()
+        assert torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize('name', NAMES)
