@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from timm_gct import compare as compare_module
 from timm_gct.cli import main
@@ -264,3 +265,19 @@ def test_output_that_is_a_file_and_ctrl_c_before_training(capsys, tmp_path, monk
     monkeypatch.setattr(compare_module, '_build_runs', interrupted_build)
     code, _, err = _run(capsys, '--models', TWO, *TINY, '--output', str(tmp_path / 'out'))
     assert code == 130 and err.strip() == 'timm-gct compare: interrupted'
+
+
+def test_save_weights_writes_each_models_final_weights(tmp_path):
+    cfg = compare_module.CompareConfig(
+        models=('resnet18_cifar', 'gct_resnet18_cifar'), epochs=1, synthetic_samples=(32, 32), batch_size=32,
+        output=str(tmp_path), progress=False, save_weights=True)
+    comparison = compare_module._Comparison(cfg, log=lambda _: None)
+    comparison.run()
+    assert comparison.save_weights() == ['resnet18_cifar.safetensors', 'gct_resnet18_cifar.safetensors']
+    for run in comparison.runs:
+        saved = load_file(str(tmp_path / f'{run.name}.safetensors'))
+        trained = run.model.state_dict()
+        assert saved.keys() == trained.keys()
+        assert all(torch.equal(saved[k], trained[k]) for k in saved)
+    assert main(['compare', '--models', TWO, *TINY, '--save-weights', '--output', str(tmp_path / 'cli')]) == 0
+    assert (tmp_path / 'cli' / 'gct_resnet18_cifar.safetensors').is_file()

@@ -7,6 +7,7 @@
     timm-gct push CHECKPOINT --model NAME --repo-id ORG/NAME.TAG [--save-dir DIR]   publish train.py weights
     timm-gct convert CHECKPOINT --save-dir DIR [--model NAME]   an official FcaNet / ECA-Net / GCT checkpoint
     timm-gct bench [MODEL ...] [--device ...] [--compile]  speed and memory against plain ResNets and official code
+    timm-gct inspect MODEL[.TAG] [--checkpoint PATH] [--images DIR]   attention parameters by depth, gates, maps
 """
 import argparse
 import csv
@@ -30,6 +31,7 @@ from .convert import SUPPORTED, convert_checkpoint, supported_text
 from .hub import (
     CardError, build_from_checkpoint, converted_weights, load_train_checkpoint, push_to_hub, render_card,
     save_pretrained, trained_weights)
+from .inspection_cli import add_inspect_parser
 from .stats import ModelStats, measure
 
 __all__ = ['main']
@@ -98,7 +100,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, opt=args.opt, momentum=args.momentum,
         weight_decay=args.weight_decay, sched=args.sched, warmup_epochs=args.warmup_epochs, smoothing=args.smoothing,
         scale=tuple(args.scale), seed=args.seed, device=args.device, amp=args.amp, amp_dtype=args.amp_dtype,
-        channels_last=args.channels_last, workers=args.workers, output=args.output, progress=not args.no_progress)
+        channels_last=args.channels_last, workers=args.workers, output=args.output, progress=not args.no_progress,
+        save_weights=args.save_weights)
     try:
         results, _, interrupted = compare(cfg)
     except CompareError as e:
@@ -156,6 +159,8 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument('--channels-last', action='store_true', help='channels_last memory layout for models and inputs')
     g.add_argument('--output', default=None, help='output directory (default: output/compare/<time>-<dataset>)')
     g.add_argument('--no-progress', action='store_true', help='no progress bars')
+    g.add_argument('--save-weights', action='store_true',
+                   help='write each model\'s final weights as <model>.safetensors (e.g. for timm-gct inspect)')
     p.set_defaults(func=_cmd_compare)
 
 
@@ -289,6 +294,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_compare_parser(sub)
     _add_hub_parsers(sub)
     add_bench_parser(sub)
+    add_inspect_parser(sub)
     return parser
 
 

@@ -9,7 +9,8 @@ listed. The pieces are timm's own: ``create_model``, ``resolve_data_config``, ``
 loss, ``accuracy`` and ``AverageMeter``.
 
 Results are written after every epoch (``epochs.csv``, ``results.json``), so an interrupted run keeps its finished
-epochs; ``curves.png`` (needs matplotlib) is drawn at the end. A model whose training loss stops being finite is
+epochs; ``curves.png`` (needs matplotlib) is drawn at the end, and with ``save_weights`` each model's final weights
+(``<model>.safetensors``, for ``timm-gct inspect --checkpoint``). A model whose training loss stops being finite is
 reported as diverged and dropped; the others go on.
 """
 import csv
@@ -34,6 +35,7 @@ from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from safetensors.torch import save_file
 from timm.utils import AverageMeter, NativeScaler, accuracy, random_seed
 from tqdm import tqdm
 
@@ -90,6 +92,7 @@ class CompareConfig:
     workers: int = 0
     output: Optional[str] = None  # None: output/compare/<time>-<dataset>
     progress: bool = True
+    save_weights: bool = False  # <model>.safetensors with each model's weights after the last epoch
 
 
 @dataclass
@@ -494,6 +497,16 @@ class _Comparison:
             f'its row shows the {len(r.epochs)} epoch(s) before' if r.epochs else 'no finished epoch, so no row')
             for r in self.runs if r.diverged is not None]
 
+    def save_weights(self) -> List[str]:
+        """Each model's current weights as ``<model>.safetensors`` in the output directory (not the diverged
+        models'); the file names."""
+        names = []
+        for run in self._active():
+            state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+            save_file(state, str(self.output / f'{run.name}.safetensors'))
+            names.append(f'{run.name}.safetensors')
+        return names
+
     def _write(self) -> None:
         rows = [e for run in self.runs for e in run.epochs]
         with open(self.output / 'epochs.csv', 'w', newline='') as f:
@@ -569,6 +582,8 @@ def compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> Tuple[Lis
             log('The synthetic data only shows that training works; it says nothing about real-data accuracy.')
         log('One run per model: repeat with other --seed values before reading small differences.')
     written = ['epochs.csv', 'results.json']
+    if cfg.save_weights:
+        written += comparison.save_weights()
     if results:
         title = f'{comparison.dataset} ({comparison.finished_epochs} epochs, seed {cfg.seed})'
         if plot_curves(comparison.output / 'epochs.csv', comparison.output / 'curves.png', title):
