@@ -2,6 +2,7 @@
 the files are written, and a model without attention layers is a clear error. """
 import argparse
 import csv
+import sys
 
 import pytest
 import timm
@@ -175,6 +176,14 @@ def test_cli_reads_safetensors_and_uses_synthetic_images_by_default(tmp_path, ca
     gamma = model.layer1[0].se.gamma.detach().flatten()
     row = next(r for r in _rows(out / 'parameters.csv') if r['layer'] == 'layer1.0.se' and r['parameter'] == 'gamma')
     assert float(row['mean']) == pytest.approx(gamma.mean().item(), rel=1e-6, abs=1e-9)
+
+
+def test_without_matplotlib_the_csvs_are_still_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # makes `from matplotlib.figure import` fail
+    out = tmp_path / 'out'
+    assert main(['inspect', 'gc_resnet18_cifar', '--num-images', '2', '--output', str(out)]) == 0
+    assert 'matplotlib is not installed' in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ['gates.csv', 'parameters.csv']
 
 
 @pytest.mark.parametrize('argv,message', [

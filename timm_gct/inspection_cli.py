@@ -182,7 +182,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         'pretrained weights' if split_model_name_tag(args.model)[1] else 'untrained weights'
     title = f'{args.model} ({weights})'
     try:
-        import matplotlib  # noqa: F401  (the `plot` extra)
+        from matplotlib.figure import Figure  # noqa: F401  (the `plot` extra)
     except ImportError:
         print(f'{prog}: matplotlib is not installed, so no PNGs (pip install "timm_gct[plot]")', file=sys.stderr)
     else:
