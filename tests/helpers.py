@@ -58,12 +58,9 @@ class RunsCodeWhenUnpickled:
 
 
 def attention_layers(model: nn.Module) -> Dict[str, nn.Module]:
-    """The attention layers of a model by qualified name: the modules of the public classes of timm_gct.layers (not
-    their inner parts; DIA's shared cell appears once per block that calls it, under the block's name)."""
-    import timm_gct.layers
-    public = tuple(getattr(timm_gct.layers, n) for n in timm_gct.layers.__all__ if n[0].isupper())
-    return {name: m for name, m in model.named_modules(remove_duplicate=False)
-            if isinstance(m, public) and not name.endswith('.cell')}
+    """The attention layers of a model by call site (timm_gct.inspection.attention_modules, as a dict)."""
+    from timm_gct.inspection import attention_modules
+    return dict(attention_modules(model))
 
 
 def attention_model(name: str, num_classes: int = 4, **kwargs) -> nn.Module:

@@ -138,20 +138,20 @@ def _map_hooks(layer: nn.Module, store: Callable[[torch.Tensor], None]) -> List[
             store(out.float().reshape(n, h * w).softmax(dim=1).reshape(n, h, w))
         return [layer.conv_mask.register_forward_hook(softmax)]
     if isinstance(layer, CrissCrossAttention):
-        qk: Dict[str, torch.Tensor] = {}
+        queries: List[torch.Tensor] = []
 
-        def keep(key):
-            def hook(m, a, out):
-                qk.setdefault(key, out)
-                if len(qk) == 2 and 'done' not in qk:
-                    qk['done'] = out
-                    col, row = criss_cross_weights(qk['q'], qk['k'])  # (N, H, W, H), (N, H, W, W)
-                    n, h, w, _ = col.shape
-                    # weight each position (j, w) / (h, j) receives, averaged over the H x W queries
-                    received = col.sum(dim=1).transpose(1, 2) + row.sum(dim=2)
-                    store(received / (h * w))
-            return hook
-        return [layer.query_conv.register_forward_hook(keep('q')), layer.key_conv.register_forward_hook(keep('k'))]
+        def keep_queries(m, a, out):
+            queries.append(out)
+
+        def weights_received(m, a, keys):
+            if len(queries) != 1:
+                return  # only the first of the recurrent passes
+            col, row = criss_cross_weights(queries[0], keys)  # (N, H, W, H), (N, H, W, W)
+            n, h, w, _ = col.shape
+            # the weight each position (j, w) / (h, j) receives, averaged over the H x W queries
+            store((col.sum(dim=1).transpose(1, 2) + row.sum(dim=2)) / (h * w))
+        return [layer.query_conv.register_forward_hook(keep_queries),
+                layer.key_conv.register_forward_hook(weights_received)]
     if isinstance(layer, BilinearAttention):
         return [layer.spatial.register_forward_hook(lambda m, a, out: store(out.float().mean(dim=1)))]
     return []
