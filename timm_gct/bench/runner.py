@@ -6,7 +6,7 @@ and the cost of a model is the median over rounds of its time divided by its twi
 Throughput is timed for an inference forward (``eval``, ``torch.inference_mode``) and for a training step (forward,
 cross-entropy, backward, SGD with momentum). Peak memory is the most memory one training step holds above what it
 started with (parameters, optimizer state): on CUDA from the caching allocator's peak, on the CPU from the allocation
-events the PyTorch profiler records (one extra, untimed step per model).
+events the PyTorch profiler records (two extra, untimed steps per model; the second counts).
 """
 import random
 import statistics
@@ -182,10 +182,16 @@ class _Runner:
 
 
 def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak of the running sum of the CPU allocations and frees the profiler records while ``fn`` runs."""
+    """Peak of the running sum of the CPU allocations and frees the profiler records while ``fn`` runs.
+
+    ``fn`` runs twice and the second run counts: the profiler records a free only for a block whose allocation it
+    saw, so in a first profiled training step the frees of the previous step's gradients are missing and the peak
+    comes out too high by their size.
+    """
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    for _ in range(2):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
     events = sorted(
         (e for e in prof.profiler.kineto_results.events()
          if e.name() == '[memory]' and e.device_type() == torch.autograd.DeviceType.CPU),
