@@ -137,3 +137,27 @@ def test_a_replaced_norm_runs_its_own_forward():
     frozen = freeze_batch_norm_2d(copy.deepcopy(layer))
     assert not isinstance(frozen.bn, torch.nn.BatchNorm2d)
     torch.testing.assert_close(frozen(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('needs', ['x', 'params', 'both'])
+def test_fused_training_backward_matches_autograd_of_the_formula(needs):
+    """Eager training runs _NormalizationGateFunction; its written-out backward must give autograd's gradients for
+    whichever inputs require them."""
+    layer = _random_nam(5).train()
+    layer.bn.requires_grad_(needs != 'x')
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64, requires_grad=needs != 'params')
+    ref = copy.deepcopy(layer)
+    x_ref = x.detach().clone().requires_grad_(x.requires_grad)
+    upstream = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    out = layer(x)
+    assert out.grad_fn.name() == '_NormalizationGateFunctionBackward'
+    (out * upstream).sum().backward()
+    w = ref.bn.weight.detach().abs() / ref.bn.weight.detach().abs().sum()
+    expected = torch.sigmoid(ref.bn(x_ref) * w.view(1, -1, 1, 1)) * x_ref
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in ((x.grad, x_ref.grad), (layer.bn.weight.grad, ref.bn.weight.grad),
+                      (layer.bn.bias.grad, ref.bn.bias.grad)):
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

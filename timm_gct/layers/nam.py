@@ -30,6 +30,11 @@ Deviations from the official code:
   the same function with one pass less over the map in the forward and in the backward, and the same running
   statistics. A BN replaced by another norm (``SyncBatchNorm`` conversion, timm's frozen BN) runs its own forward.
   The product is squashed in place (it is a fresh tensor its backward does not need).
+* In eager training on batch statistics the layer is one ``autograd.Function`` whose backward is written out
+  (``_NormalizationGateFunction``): the two gradients of ``x`` (through the gate and through the BN) are formed in
+  one buffer instead of two tensors and a sum. Same math, same saved tensors (``x`` and the gate); its backward is
+  not itself differentiable (``create_graph=True`` through it raises). TorchScript, torch.fx and torch.compile run
+  the plain formula.
 """
 from typing import Optional
 
@@ -37,14 +42,82 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import LayerType
+from torch.autograd.function import once_differentiable
+from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_bool, check_channels, check_positive
 from ._gating import apply_gate
 
-__all__ = ['NormalizationAttention']
+__all__ = ['NormalizationAttention', 'normalization_gate']
 
 torch.fx.wrap('apply_gate')
+
+
+class _NormalizationGateFunction(torch.autograd.Function):
+    """sigmoid(BN(x)) * x on batch statistics, the BN's affine parameters already scaled by w.
+
+    With s = sigmoid(z), z = BN(x): dL/dx = g * s + BN'(x)^T (g * x * s * (1 - s)). The backward forms g * x, turns
+    it into dL/dz in place (aten's fused sigmoid backward), runs aten's BN backward on it and adds g * s into the BN
+    backward's result in place: one full-size temporary instead of autograd's three."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: Optional[torch.Tensor],
+                running_var: Optional[torch.Tensor], momentum: float, eps: float) -> torch.Tensor:
+        logits, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+        gate = logits.sigmoid_()
+        ctx.eps = eps
+        ctx.save_for_backward(x, gate, weight, mean, invstd)
+        return x * gate
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, gate, weight, mean, invstd = ctx.saved_tensors
+        grad_logits = torch.mul(grad, x)
+        torch.ops.aten.sigmoid_backward.grad_input(grad_logits, gate, grad_input=grad_logits)
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_logits, x, weight, None, None, mean, invstd, True, ctx.eps, [need_x, need_weight, need_bias])
+        if need_x:
+            grad_x.addcmul_(grad, gate)
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+@torch.jit.unused
+def _fused_allowed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():
+        return False  # inductor fuses the plain formula itself
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
+
+
+@torch.jit.unused
+def _fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: Optional[torch.Tensor],
+           running_var: Optional[torch.Tensor], momentum: float, eps: float) -> torch.Tensor:
+    return _NormalizationGateFunction.apply(x, weight, bias, running_mean, running_var, momentum, eps)
+
+
+@register_notrace_function  # a leaf for torch.fx: the eager path it picks at run time is not traceable
+def normalization_gate(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        running_mean: Optional[torch.Tensor],
+        running_var: Optional[torch.Tensor],
+        batch_stats: bool,
+        momentum: float,
+        eps: float,
+        inplace: bool = False,
+) -> torch.Tensor:
+    """sigmoid(F.batch_norm(x, ...)) * x, the arguments as F.batch_norm takes them (``batch_stats`` is its
+    ``training``). ``inplace`` scales ``x`` in place when autograd is off."""
+    if batch_stats and not torch.jit.is_scripting() and _fused_allowed(x, weight, bias):
+        return _fused(x, weight, bias, running_mean, running_var, momentum, eps)
+    logits = F.batch_norm(x, running_mean, running_var, weight, bias, batch_stats, momentum, eps)
+    # The logits are a fresh tensor that no backward needs: squash them in place.
+    return apply_gate(x, torch.sigmoid_(logits), inplace)
+
+
+torch.fx.wrap('normalization_gate')
 
 
 class NormalizationAttention(nn.Module):
@@ -92,15 +165,10 @@ class NormalizationAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.bn.weight.detach().abs()
         weight = scale / scale.sum().clamp_min(1e-12)
-        if isinstance(self.bn, nn.BatchNorm2d):
-            logits = self._scaled_batch_norm(x, weight)
-        else:
-            logits = self.bn(x).mul_(weight.view(1, -1, 1, 1))
-        # The logits are a fresh tensor that no backward needs: squash them in place.
-        return apply_gate(x, torch.sigmoid_(logits), self.inplace)
-
-    def _scaled_batch_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``self.bn(x) * weight`` per channel: nn.BatchNorm2d's forward with weight folded into gamma and beta."""
+        if not isinstance(self.bn, nn.BatchNorm2d):
+            # The logits are a fresh tensor that no backward needs: squash them in place.
+            return apply_gate(x, torch.sigmoid_(self.bn(x).mul_(weight.view(1, -1, 1, 1))), self.inplace)
+        # nn.BatchNorm2d's forward, with w folded into gamma and beta.
         bn = self.bn
         momentum = 0. if bn.momentum is None else bn.momentum
         if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
@@ -109,9 +177,9 @@ class NormalizationAttention(nn.Module):
                 momentum = 1. / float(bn.num_batches_tracked)
         batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
         keep = not bn.training or bn.track_running_stats
-        return F.batch_norm(
-            x, bn.running_mean if keep else None, bn.running_var if keep else None,
-            bn.weight * weight, bn.bias * weight, batch_stats, momentum, bn.eps)
+        return normalization_gate(
+            x, bn.weight * weight, bn.bias * weight, bn.running_mean if keep else None,
+            bn.running_var if keep else None, batch_stats, momentum, bn.eps, self.inplace)
 
     def extra_repr(self) -> str:
         return f'sparsity={self.sparsity}, inplace={self.inplace}'
