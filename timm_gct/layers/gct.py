@@ -20,11 +20,12 @@ Deviations from the official code, all without a change of math:
 
 Speed (``timm-gct bench``; no change of math): in eager training the layer is one ``autograd.Function`` whose
 backward makes four passes over the feature map (the official code's autograd graph makes seven, with six full-size
-temporaries). It keeps only the input for the backward, as the official code does. Its backward is not
-itself differentiable (``create_graph=True`` through it raises); TorchScript, torch.fx and torch.compile (where
-inductor fuses the passes itself) run the plain formula. Without autograd (``eval`` under ``torch.no_grad`` /
-``inference_mode``), ``inplace=True`` scales the input in place instead of allocating the output (``_gating.py``):
-the models registered here set it, since timm's blocks never read the attention layer's input again.
+temporaries). It keeps only the input for the backward, as the official code does. A backward that autograd records
+(``create_graph=True``, e.g. a gradient penalty) differentiates the plain formula instead (``_double_backward.py``);
+TorchScript, torch.fx and torch.compile (where inductor fuses the passes itself) run the plain formula. Without
+autograd (``eval`` under ``torch.no_grad`` / ``inference_mode``), ``inplace=True`` scales the input in place instead
+of allocating the output (``_gating.py``): the models registered here set it, since timm's blocks never read the
+attention layer's input again.
 
 Placement: the official ResNets put a GCT in front of every convolution (stride in the first 1x1 conv; registered
 as ``gct_resnet*_official``); timm's ``attn_layer`` hook places one per residual block after the last BN. The
@@ -36,10 +37,10 @@ from typing import Optional, Tuple
 import torch
 import torch.fx
 from torch import nn
-from torch.autograd.function import once_differentiable
 from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_bool, check_channels, check_choice, check_positive
+from ._double_backward import differentiate
 from ._gating import apply_gate
 from ._reduce import spatial_sum
 
@@ -111,9 +112,11 @@ class _GatedChannelFunction(torch.autograd.Function):
         return x * gate
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, embedding_sum, alpha, gamma, beta, gate = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: gradients with a graph, from the plain formula
+            return differentiate(lambda *t: _plain(*t, ctx.eps, ctx.p), (x, alpha, gamma, beta), (grad,),
+                                 ctx.needs_input_grad[:4]) + (None, None)
         grad_x = torch.mul(grad, x)
         grad_gate = grad_x.sum(dim=(2, 3), keepdim=True, dtype=embedding_sum.dtype)
         grad_sum, grad_alpha, grad_gamma, grad_beta = _gate_backward(
@@ -126,6 +129,11 @@ class _GatedChannelFunction(torch.autograd.Function):
         else:
             grad_x.add_(grad_sum.to(x.dtype))
         return grad_x, grad_alpha.to(alpha.dtype), grad_gamma.to(gamma.dtype), grad_beta.to(beta.dtype), None, None
+
+
+def _plain(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, p: int
+           ) -> torch.Tensor:
+    return x * _gate(spatial_sum(x, p), alpha, gamma, beta, eps, p == 2).to(x.dtype)
 
 
 @torch.jit.unused
@@ -149,7 +157,7 @@ def gated_channel_transform(
     """GCT of an (N, C, H, W) input. ``p``: 2 for mode 'l2', 1 for 'l1', 0 for 'l1' after ReLU; ``alpha`` and
     ``gamma`` of shape (1, C, 1, 1), ``beta`` of shape (C,). ``inplace`` scales ``x`` in place when autograd is off."""
     if torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return x * _gate(spatial_sum(x, p), alpha, gamma, beta, eps, p == 2).to(x.dtype)
+        return _plain(x, alpha, gamma, beta, eps, p)
     return _eager(x, alpha, gamma, beta, eps, p, inplace)
 
 

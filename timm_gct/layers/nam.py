@@ -32,9 +32,9 @@ Deviations from the official code:
   The product is squashed in place (it is a fresh tensor its backward does not need).
 * In eager training on batch statistics the layer is one ``autograd.Function`` whose backward is written out
   (``_NormalizationGateFunction``): the two gradients of ``x`` (through the gate and through the BN) are formed in
-  one buffer instead of two tensors and a sum. Same math, same saved tensors (``x`` and the gate); its backward is
-  not itself differentiable (``create_graph=True`` through it raises). TorchScript, torch.fx and torch.compile run
-  the plain formula.
+  one buffer instead of two tensors and a sum. Same math, same saved tensors (``x`` and the gate). A backward that
+  autograd records (``create_graph=True``) differentiates the plain formula instead (``_double_backward.py``).
+  TorchScript, torch.fx and torch.compile run the plain formula.
 """
 from typing import Optional
 
@@ -42,15 +42,20 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_bool, check_channels, check_positive
+from ._double_backward import differentiate
 from ._gating import apply_gate
 
 __all__ = ['NormalizationAttention', 'normalization_gate']
 
 torch.fx.wrap('apply_gate')
+
+
+def _plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """sigmoid(BN(x)) * x on batch statistics, without touching running statistics."""
+    return x * torch.sigmoid(F.batch_norm(x, None, None, weight, bias, True, 0., eps))
 
 
 class _NormalizationGateFunction(torch.autograd.Function):
@@ -66,13 +71,15 @@ class _NormalizationGateFunction(torch.autograd.Function):
         logits, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
         gate = logits.sigmoid_()
         ctx.eps = eps
-        ctx.save_for_backward(x, gate, weight, mean, invstd)
+        ctx.save_for_backward(x, gate, weight, bias, mean, invstd)
         return x * gate
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, gate, weight, mean, invstd = ctx.saved_tensors
+        x, gate, weight, bias, mean, invstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: gradients with a graph, from the plain formula
+            return differentiate(lambda *t: _plain(*t, ctx.eps), (x, weight, bias), (grad,),
+                                 ctx.needs_input_grad[:3]) + (None,) * 4
         grad_logits = torch.mul(grad, x)
         torch.ops.aten.sigmoid_backward.grad_input(grad_logits, gate, grad_input=grad_logits)
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]

@@ -32,8 +32,9 @@ Deviations from the official code, all without a change of math:
   input dtype; in float16 the variance of a map with std above 256 overflows to inf.
 * ``cfc`` is stored 1-D, shape (2 C,), instead of (C, 2), for the weight-decay filter (see above).
 * The variance takes two passes (the mean, then the norm of the centred map) in an ``autograd.Function`` that keeps
-  only the input for the backward; ``torch.var_mean`` over H x W is far slower on the CPU. Its backward is not
-  differentiable again; TorchScript and torch.compile use ``torch.var_mean``.
+  only the input for the backward; ``torch.var_mean`` over H x W is far slower on the CPU. A backward that autograd
+  records (``create_graph=True``) differentiates ``torch.var_mean`` instead (``_double_backward.py``); TorchScript
+  and torch.compile use ``torch.var_mean``.
 * ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
 * The two input checks above.
 """
@@ -42,10 +43,10 @@ from typing import Optional, Tuple
 import torch
 import torch.fx
 from torch import nn
-from torch.autograd.function import once_differentiable
 from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_bool, check_channels, check_positive
+from ._double_backward import differentiate
 from ._gating import apply_gate
 from ._guards import check_batch_for_batchnorm, check_min_spatial
 from ._precision import upcast
@@ -65,6 +66,7 @@ class _StylePool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float):
+        ctx.eps = eps
         acc = upcast(x)
         m = x.shape[-2] * x.shape[-1]
         mean = acc.mean(dim=(2, 3), keepdim=True)
@@ -73,21 +75,28 @@ class _StylePool(torch.autograd.Function):
         return mean, std
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_mean: torch.Tensor, grad_std: torch.Tensor):
         x, mean, std = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: gradients with a graph, from the plain formula
+            return differentiate(lambda t: _mean_std(t, ctx.eps), (x,), (grad_mean, grad_std), (True,)) + (None,)
         m = x.shape[-2] * x.shape[-1]
         scale = grad_std / ((m - 1) * std)
         return torch.addcmul(grad_mean / m - mean * scale, x, scale.to(x.dtype)).to(x.dtype), None
+
+
+def _mean_std(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and sqrt(unbiased var + eps) over H x W by ``torch.var_mean``, each (N, C, 1, 1)."""
+    var, mean = torch.var_mean(upcast(x), dim=(2, 3), correction=1, keepdim=True)
+    return mean, (var + eps).sqrt()
 
 
 @register_notrace_function
 def _style_pool(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-channel (mean, sqrt(unbiased var + eps)) of an NCHW tensor, shape (N, C, 2), in float32 or float64."""
     if torch.jit.is_scripting() or torch.compiler.is_compiling():
-        var, mean = torch.var_mean(upcast(x), dim=(2, 3), correction=1)
-        return torch.stack((mean, (var + eps).sqrt()), dim=2)
-    mean, std = _style_pool_eager(x, eps)
+        mean, std = _mean_std(x, eps)
+    else:
+        mean, std = _style_pool_eager(x, eps)
     return torch.stack((mean.flatten(1), std.flatten(1)), dim=2)
 
 
