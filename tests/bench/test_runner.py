@@ -3,22 +3,26 @@ import pytest
 import torch
 
 from timm_gct.bench.runner import (
-    BASELINE, OFFICIAL, OURS, TIMM, BenchConfig, Entry, _cpu_peak_bytes, bench, entries_for)
+    BASELINE, CONTROL, OFFICIAL, OURS, TIMM, BenchConfig, Entry, _cpu_peak_bytes, bench, entries_for)
 
 
-def test_entries_add_official_references_and_each_twin_once():
+def test_entries_add_official_references_and_each_twin_once_with_its_control():
     entries = entries_for(['gct_resnet18_cifar', 'eca_resnet18_cifar', 'seresnet18', 'resnet18'])
     assert [(e.name, e.impl, e.baseline) for e in entries] == [
         ('resnet18_cifar', BASELINE, 'resnet18_cifar'),
+        ('resnet18_cifar', CONTROL, 'resnet18_cifar'),
         ('gct_resnet18_cifar', OURS, 'resnet18_cifar'),
         ('gct_resnet18_cifar', OFFICIAL, 'resnet18_cifar'),
         ('eca_resnet18_cifar', OURS, 'resnet18_cifar'),
         ('eca_resnet18_cifar', OFFICIAL, 'resnet18_cifar'),
         ('resnet18', BASELINE, 'resnet18'),
+        ('resnet18', CONTROL, 'resnet18'),
         ('seresnet18', TIMM, 'resnet18'),
     ]
-    assert [e.impl for e in entries_for(['gct_resnet18_cifar'], official=False)] == [BASELINE, OURS]
-    assert entries_for(['gct_resnet50_official'])[1] == Entry('gct_resnet50_official', TIMM, 'resnet50')
+    assert entries[1].label == 'resnet18_cifar (control)' and entries[0].label == 'resnet18_cifar'
+    assert [e.impl for e in entries_for(['gct_resnet18_cifar'], official=False)] == [BASELINE, CONTROL, OURS]
+    assert [e.impl for e in entries_for(['gct_resnet18_cifar'], control=False)] == [BASELINE, OURS, OFFICIAL]
+    assert entries_for(['gct_resnet50_official'], control=False)[1] == Entry('gct_resnet50_official', TIMM, 'resnet50')
 
 
 @pytest.mark.parametrize('name,match', [
@@ -58,8 +62,8 @@ def test_bench_measures_every_row_against_its_twin():
     logged = []
     results, notes = bench(cfg, log=logged.append)
     assert [(r.entry.name, r.entry.impl) for r in results] == [
-        ('resnet18_cifar', BASELINE), ('gct_resnet18_cifar', OURS), ('gct_resnet18_cifar', OFFICIAL),
-        ('soca_resnet18_cifar', OURS)]
+        ('resnet18_cifar', BASELINE), ('resnet18_cifar', CONTROL), ('gct_resnet18_cifar', OURS),
+        ('gct_resnet18_cifar', OFFICIAL), ('soca_resnet18_cifar', OURS)]
     # SoCA's official code has no grouped covariance, so its reference cannot be built for our default model
     assert len(notes) == 1 and notes[0].startswith('soca_resnet18_cifar: no official-code row') and notes[0] in logged
     for r in results:
@@ -69,5 +73,7 @@ def test_bench_measures_every_row_against_its_twin():
             assert low <= r.ratio(mode) <= high
         assert r.peak_bytes > 0 and r.baseline_peak_bytes == results[0].peak_bytes
     assert results[0].ratios['train'] == [1.0] * 3 and results[0].memory_ratio == 1.0
+    # the control is the same network as the twin, timed separately: the same memory, its own times
+    assert results[1].memory_ratio == 1.0 and results[1].times['train'] != results[0].times['train']
     # the GCT model holds one more feature map per block for the backward than the plain ResNet
-    assert results[1].memory_ratio > 1.0
+    assert results[2].memory_ratio > 1.0

@@ -45,7 +45,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             models=tuple(args.models or DEFAULT_MODELS), device=device, batch_size=args.batch_size,
             img_size=args.img_size, rounds=args.rounds, iters=args.iters, warmup=args.warmup, amp=args.amp,
             channels_last=args.channels_last, compile=args.compile, official=not args.no_official,
-            modes=tuple(args.modes), memory=not args.no_memory, seed=args.seed)
+            control=not args.no_control, modes=tuple(args.modes), memory=not args.no_memory, seed=args.seed)
         started = datetime.now()
         results, notes = bench(cfg, log=lambda s: print(f'timm-gct bench: {s}', file=sys.stderr))
     except ValueError as e:
@@ -82,7 +82,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     'reference (the same network with each attention layer computed by a transcription of the '
                     "authors' code) and of its plain ResNet twin of the same depth and stem, interleaved round by "
                     'round in one process; print the median time and the median per-round ratio to the twin, and '
-                    'the peak memory of a training step. Writes bench.csv, machine.json and bench.png (with '
+                    'the peak memory of a training step. A control row times each twin again as a model: its ratio '
+                    'would be 1 on a quiet machine. Writes bench.csv, machine.json and bench.png (with '
                     'matplotlib) to --output.')
     p.add_argument('models', nargs='*', metavar='MODEL',
                    help=f'timm model names (default: every mechanism at ResNet-50, and timm\'s seresnet50: '
@@ -101,6 +102,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--modes', nargs='+', default=list(d.modes), choices=('infer', 'train'),
                    help='(default: %(default)s)')
     p.add_argument('--no-official', action='store_true', help='leave out the official-code references')
+    p.add_argument('--no-control', action='store_true',
+                   help="leave out the control rows (each plain twin timed again as a model; its ratio's distance "
+                        'from 1 is the noise of the run)')
     p.add_argument('--no-memory', action='store_true', help='do not measure peak training memory')
     p.add_argument('--seed', type=int, default=d.seed, help='data and round order (default: %(default)s)')
     p.add_argument('--output', default=None, help='output directory (default: output/bench/<time>-<device>)')

@@ -3,6 +3,8 @@
 Absolute times on a shared machine drift by more than an attention layer costs, so every model (ours, the
 official-code reference, the plain twin, any timm model) is timed once per round, the rounds interleave all models,
 and the cost of a model is the median over rounds of its time divided by its twin's time *in the same round*.
+Each twin is also timed a second time as if it were a model (the control row): its ratio would be exactly 1 on a
+quiet machine, so its distance from 1 and its quartiles show how much of any row's ratio is the run's noise.
 Throughput is timed for an inference forward (``eval``, ``torch.inference_mode``) and for a training step (forward,
 cross-entropy, backward, SGD with momentum). Peak memory is the most memory one training step holds above what it
 started with (parameters, optimizer state): on CUDA from the caching allocator's peak, on the CPU from the allocation
@@ -25,9 +27,10 @@ from ..models import model_mechanism
 from ..stats import plain_twin
 from .official import to_official
 
-__all__ = ['BenchConfig', 'BenchResult', 'Entry', 'bench', 'entries_for', 'input_size']
+__all__ = ['BASELINE', 'CONTROL', 'OFFICIAL', 'OURS', 'TIMM', 'BenchConfig', 'BenchResult', 'Entry', 'bench',
+           'entries_for', 'input_size']
 
-OURS, OFFICIAL, BASELINE, TIMM = 'timm_gct', 'official code', 'plain twin', 'timm'
+OURS, OFFICIAL, BASELINE, TIMM, CONTROL = 'timm_gct', 'official code', 'plain twin', 'timm', 'control'
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
@@ -44,6 +47,7 @@ class BenchConfig:
     channels_last: bool = False
     compile: bool = False
     official: bool = True  # add each timm_gct model's official-code reference
+    control: bool = True  # time each plain twin a second time, as a model: the run's noise
     modes: Tuple[str, ...] = ('infer', 'train')
     memory: bool = True
     seed: int = 0
@@ -53,12 +57,12 @@ class BenchConfig:
 class Entry:
     """One row of the benchmark: a model as built by ``build``, timed against ``baseline`` (a plain twin's name)."""
     name: str  # the timm model name
-    impl: str  # OURS, OFFICIAL, BASELINE or TIMM
+    impl: str  # OURS, OFFICIAL, BASELINE, TIMM or CONTROL
     baseline: str
 
     @property
     def label(self) -> str:
-        return f'{self.name} ({self.impl})' if self.impl == OFFICIAL else self.name
+        return f'{self.name} ({self.impl})' if self.impl in (OFFICIAL, CONTROL) else self.name
 
     def build(self) -> nn.Module:
         model = timm.create_model(self.name)
@@ -100,9 +104,10 @@ class BenchResult:
         return self.peak_bytes / self.baseline_peak_bytes
 
 
-def entries_for(models: Sequence[str], official: bool = True) -> List[Entry]:
+def entries_for(models: Sequence[str], official: bool = True, control: bool = True) -> List[Entry]:
     """Rows for ``models``: each model, its official-code reference (timm_gct models with attention), and once
-    each, the plain twins they are measured against (timm ``resnetN`` or ``resnetN_cifar``)."""
+    each, the plain twins they are measured against (timm ``resnetN`` or ``resnetN_cifar``), each followed by its
+    control row (the twin again, timed as a model) unless ``control`` is False."""
     rows: Dict[Tuple[str, str], Entry] = {}
     for name in models:
         if get_arch_name(name) != name:
@@ -119,10 +124,11 @@ def entries_for(models: Sequence[str], official: bool = True) -> List[Entry]:
         if twin is None or not timm.is_model(twin):
             raise ValueError(f'models: {name!r} has no plain ResNet twin ({twin!r} is not a timm model); expected a '
                              f'ResNet variant such as gct_resnet50, gct_resnet18_cifar or seresnet50.')
-        if name == twin:
-            rows.setdefault((name, BASELINE), Entry(name, BASELINE, twin))
-            continue
         rows.setdefault((twin, BASELINE), Entry(twin, BASELINE, twin))
+        if control:
+            rows.setdefault((twin, CONTROL), Entry(twin, CONTROL, twin))
+        if name == twin:
+            continue
         rows.setdefault((name, impl), Entry(name, impl, twin))
         if official and impl == OURS and mechanism is not None:
             rows.setdefault((name, OFFICIAL), Entry(name, OFFICIAL, twin))
@@ -232,7 +238,7 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Tuple[List[Be
     """Measure every entry of ``cfg.models``; returns the results in entry order (twins first where they were first
     needed) and notes on rows left out (an official-code reference that cannot be built for a configuration)."""
     _check(cfg)
-    entries = entries_for(cfg.models, cfg.official)
+    entries = entries_for(cfg.models, cfg.official, cfg.control)
     size = input_size(cfg)
     runners, notes = [], []
     for entry in entries:
