@@ -139,13 +139,14 @@ def test_a_replaced_norm_runs_its_own_forward():
     torch.testing.assert_close(frozen(x), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('needs', ['x', 'params', 'both'])
+@pytest.mark.parametrize('needs', ['x', 'params', 'weight', 'bias', 'all'])
 def test_fused_training_backward_matches_autograd_of_the_formula(needs):
     """Eager training runs _NormalizationGateFunction; its written-out backward must give autograd's gradients for
-    whichever inputs require them."""
+    whichever inputs require them, and the BN's running statistics must move as nn.BatchNorm2d's."""
     layer = _random_nam(5).train()
-    layer.bn.requires_grad_(needs != 'x')
-    x = torch.randn(3, 5, 4, 6, dtype=torch.float64, requires_grad=needs != 'params')
+    layer.bn.weight.requires_grad_(needs in ('params', 'weight', 'all'))
+    layer.bn.bias.requires_grad_(needs in ('params', 'bias', 'all'))
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64, requires_grad=needs in ('x', 'all'))
     ref = copy.deepcopy(layer)
     x_ref = x.detach().clone().requires_grad_(x.requires_grad)
     upstream = torch.randn(3, 5, 4, 6, dtype=torch.float64)
@@ -161,3 +162,13 @@ def test_fused_training_backward_matches_autograd_of_the_formula(needs):
         assert (got is None) == (want is None)
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.bn.state_dict(), ref.bn.state_dict(), rtol=1e-12, atol=1e-12)
+
+
+def test_fused_training_path_refuses_one_value_per_channel():
+    """As F.batch_norm does; aten's native_batch_norm, which the fused path calls, would write NaN statistics."""
+    layer = _random_nam(3).train()
+    x = torch.randn(1, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match='Expected more than 1 value per channel when training'):
+        layer(x)
+    assert torch.isfinite(layer.bn.running_var).all()

@@ -81,7 +81,7 @@ def plot_ratios(path: Path, results: Sequence[BenchResult], title: str) -> bool:
     fig = Figure(figsize=(4.2 * len(panels) + 2.5, 0.32 * len(shown) + 1.6), layout='constrained')
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     labels = [r.entry.label for r in shown]
-    colors = {'timm_gct': 'tab:blue', 'official code': 'tab:orange', 'timm': 'tab:gray', 'control': 'black'}
+    colors = {'timm_gct': 'tab:blue', 'official code': 'tab:orange', 'timm': 'tab:gray', 'control': 'silver'}
     y = list(range(len(shown)))[::-1]
     for ax, (key, label) in zip(axes, panels):
         if key == 'memory':

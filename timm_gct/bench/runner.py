@@ -3,8 +3,9 @@
 Absolute times on a shared machine drift by more than an attention layer costs, so every model (ours, the
 official-code reference, the plain twin, any timm model) is timed once per round, the rounds interleave all models,
 and the cost of a model is the median over rounds of its time divided by its twin's time *in the same round*.
-Each twin is also timed a second time as if it were a model (the control row): its ratio would be exactly 1 on a
-quiet machine, so its distance from 1 and its quartiles show how much of any row's ratio is the run's noise.
+Each twin is also timed a second time as if it were a model (the control row): its ratio would be 1 up to timer
+resolution on a quiet machine, so its distance from 1 and its quartiles show how much of any row's ratio is the run's
+noise.
 Throughput is timed for an inference forward (``eval``, ``torch.inference_mode``) and for a training step (forward,
 cross-entropy, backward, SGD with momentum). Peak memory is the most memory one training step holds above what it
 started with (parameters, optimizer state): on CUDA from the caching allocator's peak, on the CPU from the allocation

@@ -22,10 +22,11 @@ Speed (``timm-gct bench``; no change of math): in eager training the layer is on
 backward makes four passes over the feature map (the official code's autograd graph makes seven, with six full-size
 temporaries). It keeps only the input for the backward, as the official code does. A backward that autograd records
 (``create_graph=True``, e.g. a gradient penalty) differentiates the plain formula instead (``_double_backward.py``);
-TorchScript, torch.fx and torch.compile (where inductor fuses the passes itself) run the plain formula. Without
-autograd (``eval`` under ``torch.no_grad`` / ``inference_mode``), ``inplace=True`` scales the input in place instead
-of allocating the output (``_gating.py``): the models registered here set it, since timm's blocks never read the
-attention layer's input again.
+TorchScript and torch.compile (where inductor fuses the passes itself) run the plain formula (torch.fx keeps
+``gated_channel_transform`` as a leaf, which picks its path at run time). Without autograd (``eval`` under
+``torch.no_grad`` / ``inference_mode``), ``inplace=True`` scales the input in place instead of allocating the output
+(``_gating.py``): the models registered here set it, since timm's blocks never read the attention layer's input
+again.
 
 Placement: the official ResNets put a GCT in front of every convolution (stride in the first 1x1 conv; registered
 as ``gct_resnet*_official``); timm's ``attn_layer`` hook places one per residual block after the last BN. The
@@ -42,6 +43,7 @@ from timm.layers import LayerType, register_notrace_function
 from ._checks import check_bool, check_channels, check_choice, check_positive
 from ._double_backward import differentiate
 from ._gating import apply_gate
+from ._precision import acc_dtype
 from ._reduce import spatial_sum
 
 __all__ = ['GatedChannelTransform', 'gated_channel_transform']
@@ -131,9 +133,22 @@ class _GatedChannelFunction(torch.autograd.Function):
         return grad_x, grad_alpha.to(alpha.dtype), grad_gamma.to(gamma.dtype), grad_beta.to(beta.dtype), None, None
 
 
-def _plain(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, p: int
-           ) -> torch.Tensor:
-    return x * _gate(spatial_sum(x, p), alpha, gamma, beta, eps, p == 2).to(x.dtype)
+def _plain(
+        x: torch.Tensor,
+        alpha: torch.Tensor,
+        gamma: torch.Tensor,
+        beta: torch.Tensor,
+        eps: float,
+        p: int,
+) -> torch.Tensor:
+    """The formula for autograd to differentiate (TorchScript, torch.compile, double backward)."""
+    if p == 2:
+        # square + sum rather than spatial_sum's vector_norm, whose second derivative is NaN at an all-zero channel
+        # (which timm's zero_init_last makes of every channel at init)
+        embedding_sum = x.to(acc_dtype(x)).square().sum(dim=(2, 3), keepdim=True)
+    else:
+        embedding_sum = spatial_sum(x, p)
+    return x * _gate(embedding_sum, alpha, gamma, beta, eps, p == 2).to(x.dtype)
 
 
 @torch.jit.unused

@@ -30,11 +30,13 @@ Deviations from the official code:
   the same function with one pass less over the map in the forward and in the backward, and the same running
   statistics. A BN replaced by another norm (``SyncBatchNorm`` conversion, timm's frozen BN) runs its own forward.
   The product is squashed in place (it is a fresh tensor its backward does not need).
-* In eager training on batch statistics the layer is one ``autograd.Function`` whose backward is written out
-  (``_NormalizationGateFunction``): the two gradients of ``x`` (through the gate and through the BN) are formed in
-  one buffer instead of two tensors and a sum. Same math, same saved tensors (``x`` and the gate). A backward that
-  autograd records (``create_graph=True``) differentiates the plain formula instead (``_double_backward.py``).
-  TorchScript, torch.fx and torch.compile run the plain formula.
+* In eager training on batch statistics on the CPU the layer is one ``autograd.Function`` whose backward is
+  written out (``_NormalizationGateFunction``): the two gradients of ``x`` (through the gate and through the BN) are
+  formed in one buffer instead of two tensors and a sum. Same math, same saved tensors (``x`` and the gate). A
+  backward that autograd records (``create_graph=True``) differentiates the plain formula instead
+  (``_double_backward.py``). TorchScript and torch.compile run the plain formula (torch.fx keeps
+  ``_normalization_gate`` as a leaf, which picks its path at run time). Other devices keep ``F.batch_norm``, which
+  may pick cuDNN where the Function's native kernels would not; the Function is unmeasured on a GPU.
 """
 from typing import Optional
 
@@ -48,7 +50,7 @@ from ._checks import check_bool, check_channels, check_positive
 from ._double_backward import differentiate
 from ._gating import apply_gate
 
-__all__ = ['NormalizationAttention', 'normalization_gate']
+__all__ = ['NormalizationAttention']
 
 torch.fx.wrap('apply_gate')
 
@@ -92,39 +94,41 @@ class _NormalizationGateFunction(torch.autograd.Function):
 
 @torch.jit.unused
 def _fused_allowed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():
-        return False  # inductor fuses the plain formula itself
+    if torch.compiler.is_compiling() or x.device.type != 'cpu':
+        return False  # inductor fuses the plain formula itself; see the module docstring on other devices
     return torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
 
 
 @torch.jit.unused
-def _fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: Optional[torch.Tensor],
-           running_var: Optional[torch.Tensor], momentum: float, eps: float) -> torch.Tensor:
+def _fused(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+           weight: torch.Tensor, bias: torch.Tensor, momentum: float, eps: float) -> torch.Tensor:
+    if x.numel() == x.shape[1]:  # F.batch_norm's own check, which native_batch_norm skips (its variance is NaN)
+        raise ValueError(f'Expected more than 1 value per channel when training, got input size {x.size()}')
     return _NormalizationGateFunction.apply(x, weight, bias, running_mean, running_var, momentum, eps)
 
 
 @register_notrace_function  # a leaf for torch.fx: the eager path it picks at run time is not traceable
-def normalization_gate(
+def _normalization_gate(
         x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
         running_mean: Optional[torch.Tensor],
         running_var: Optional[torch.Tensor],
+        weight: torch.Tensor,
+        bias: torch.Tensor,
         batch_stats: bool,
         momentum: float,
         eps: float,
         inplace: bool = False,
 ) -> torch.Tensor:
-    """sigmoid(F.batch_norm(x, ...)) * x, the arguments as F.batch_norm takes them (``batch_stats`` is its
-    ``training``). ``inplace`` scales ``x`` in place when autograd is off."""
+    """sigmoid(F.batch_norm(x, running_mean, running_var, weight, bias, batch_stats, momentum, eps)) * x.
+    ``inplace`` scales ``x`` in place when autograd is off."""
     if batch_stats and not torch.jit.is_scripting() and _fused_allowed(x, weight, bias):
-        return _fused(x, weight, bias, running_mean, running_var, momentum, eps)
+        return _fused(x, running_mean, running_var, weight, bias, momentum, eps)
     logits = F.batch_norm(x, running_mean, running_var, weight, bias, batch_stats, momentum, eps)
     # The logits are a fresh tensor that no backward needs: squash them in place.
     return apply_gate(x, torch.sigmoid_(logits), inplace)
 
 
-torch.fx.wrap('normalization_gate')
+torch.fx.wrap('_normalization_gate')
 
 
 class NormalizationAttention(nn.Module):
@@ -184,9 +188,9 @@ class NormalizationAttention(nn.Module):
                 momentum = 1. / float(bn.num_batches_tracked)
         batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
         keep = not bn.training or bn.track_running_stats
-        return normalization_gate(
-            x, bn.weight * weight, bn.bias * weight, bn.running_mean if keep else None,
-            bn.running_var if keep else None, batch_stats, momentum, bn.eps, self.inplace)
+        return _normalization_gate(
+            x, bn.running_mean if keep else None, bn.running_var if keep else None, bn.weight * weight,
+            bn.bias * weight, batch_stats, momentum, bn.eps, self.inplace)
 
     def extra_repr(self) -> str:
         return f'sparsity={self.sparsity}, inplace={self.inplace}'
