@@ -10,14 +10,20 @@ timm's FX feature extraction; a calling module also calls ``torch.fx.wrap('apply
 import torch
 from timm.layers import register_notrace_function
 
-__all__ = ['apply_gate']
+__all__ = ['apply_gate', 'autograd_records']
+
+
+@torch.jit.unused
+def autograd_records(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on ``tensors`` (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 @torch.jit.unused
 def _in_place_allowed(x: torch.Tensor, gate: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
         return False  # inductor fuses the product anyway; an in-place write would only add a mutation
-    return not (torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad))
+    return not autograd_records(x, gate)
 
 
 @register_notrace_function

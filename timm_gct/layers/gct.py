@@ -42,7 +42,7 @@ from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_bool, check_channels, check_choice, check_positive
 from ._double_backward import differentiate
-from ._gating import apply_gate
+from ._gating import apply_gate, autograd_records
 from ._precision import acc_dtype
 from ._reduce import spatial_sum
 
@@ -154,7 +154,7 @@ def _plain(
 @torch.jit.unused
 def _eager(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, p: int,
            inplace: bool) -> torch.Tensor:
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, alpha, gamma, beta)):
+    if autograd_records(x, alpha, gamma, beta):
         return _GatedChannelFunction.apply(x, alpha, gamma, beta, eps, p)
     return apply_gate(x, _gate(spatial_sum(x, p), alpha, gamma, beta, eps, p == 2), inplace)
 

@@ -48,7 +48,7 @@ from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_bool, check_channels, check_positive
 from ._double_backward import differentiate
-from ._gating import apply_gate
+from ._gating import apply_gate, autograd_records
 
 __all__ = ['NormalizationAttention']
 
@@ -96,7 +96,7 @@ class _NormalizationGateFunction(torch.autograd.Function):
 def _fused_allowed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or x.device.type != 'cpu':
         return False  # inductor fuses the plain formula itself; see the module docstring on other devices
-    return torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
+    return autograd_records(x, weight, bias)
 
 
 @torch.jit.unused
