@@ -14,7 +14,7 @@ import torch
 
 from timm_gct.cli import main
 from timm_gct.layers import GlobalContextBlock
-from timm_gct.stats import measure, plain_twin
+from timm_gct.stats import ModelStats, measure, plain_twin
 
 
 def _run_cli(capsys, *argv):
@@ -23,13 +23,22 @@ def _run_cli(capsys, *argv):
     return code, out, err
 
 
-def test_list_prints_every_registered_model(capsys):
+def test_list_prints_every_registered_model(capsys, monkeypatch):
+    # Measuring all ~100 models takes ~40 s here; the numbers are checked against the models in the tests below.
+    measured = []
+
+    def fake_measure(name):
+        measured.append(name)
+        return ModelStats(name, 'GCT', (1, 2, 3, 4), 16, 25_000_000, 24_000_000, 4_100_000_000, (3, 224, 224))
+
+    monkeypatch.setattr('timm_gct.cli.measure', fake_measure)
     code, out, _ = _run_cli(capsys, 'list')
     assert code == 0
     lines = out.splitlines()
     assert 'model' in lines[1] and 'GMACs' in lines[1]
     listed = [line.split()[0] for line in lines[2:]]
-    assert listed == timm.list_models(module='attn_resnet')
+    assert listed == measured == timm.list_models(module='attn_resnet')
+    assert lines[2].split()[1:] == ['GCT', '1,2,3,4', '16', '25.00', '+1,000,000', '4.10', '224x224']
 
 
 def test_list_numbers_are_measured_from_the_models(capsys):
