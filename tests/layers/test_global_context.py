@@ -48,6 +48,27 @@ def test_matches_official_math_in_float64(pooling_type, fusion_types):
     torch.testing.assert_close(block(x), _reference(x, block), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_mask_conv_is_the_official_1x1_conv(bias, memory_format):
+    """The mask conv runs as a matrix product; it must stay the conv the official state dicts and hooks expect."""
+    conv = _randomize(GlobalContextBlock(32, dtype=torch.float64)).conv_mask
+    assert isinstance(conv, torch.nn.Conv2d) and conv.weight.shape == (1, 32, 1, 1)
+    if not bias:
+        conv.bias = None
+    x = torch.randn(3, 32, 6, 7, dtype=torch.float64).contiguous(memory_format=memory_format).requires_grad_(True)
+    seen = []
+    conv.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    out = conv(x)
+    expected = F.conv2d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert seen == [(3, 1, 6, 7)]
+    grad = torch.randn_like(out)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, params, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_official_default_is_r16_attention_pooling_add_fusion():
     block = GlobalContextBlock(256)
     assert block.channel_add_conv[0].out_channels == 16

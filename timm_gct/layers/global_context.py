@@ -25,7 +25,11 @@ overwritten by ResNet's init. Note that ``timm_gct.layers.get_attn('gc')`` retur
 
 Deviations from the official code: none in the math. Argument names follow timm (``rd_ratio`` for ``ratio``); the
 submodule names (``conv_mask``, ``channel_add_conv.{0,1,3}``, ``channel_mul_conv``) follow the official code so its
-checkpoints map key for key.
+checkpoints map key for key. Two changes for speed, the same sums in another order: the mask's 1x1 conv C -> 1 is
+computed as a batched matrix product (``_MaskConv``, an ``nn.Conv2d`` with the same parameters and output), and the
+context as (1 x HW) @ (HW x C) per sample instead of (C x HW) @ (HW x 1). On the CPU both are several times faster
+than the official operations (the convolution kernel for one output channel, and that orientation of the batched
+product); in a ResNet-50 the attention pooling was most of the block's cost.
 """
 from typing import Sequence
 
@@ -77,7 +81,7 @@ class GlobalContextBlock(nn.Module):
         self.pooling_type = pooling_type
         self.fusion_types = tuple(fusion_types)
 
-        self.conv_mask = nn.Conv2d(channels, 1, kernel_size=1, **dd) if pooling_type == 'att' else None
+        self.conv_mask = _MaskConv(channels, **dd) if pooling_type == 'att' else None
         self.channel_add_conv = _transform(channels, planes, act_layer, **dd) if 'channel_add' in fusion_types else None
         self.channel_mul_conv = _transform(channels, planes, act_layer, **dd) if 'channel_mul' in fusion_types else None
         self.reset_parameters()
@@ -102,8 +106,10 @@ class GlobalContextBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         if self.conv_mask is not None:
-            mask = self.conv_mask(x).reshape(B, H * W, 1).softmax(dim=1)
-            context = torch.bmm(x.reshape(B, C, H * W), mask.to(x.dtype)).reshape(B, C, 1, 1)
+            mask = self.conv_mask(x).reshape(B, 1, H * W).softmax(dim=2)
+            # (1 x HW) @ (HW x C) per sample: the same sum as (C x HW) @ (HW x 1), which the CPU's batched matrix
+            # product runs several times slower
+            context = torch.bmm(mask.to(x.dtype), x.reshape(B, C, H * W).transpose(1, 2)).reshape(B, C, 1, 1)
         else:
             context = x.mean(dim=(2, 3), keepdim=True)
         out = x
@@ -115,6 +121,26 @@ class GlobalContextBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f'pooling_type={self.pooling_type!r}, fusion_types={self.fusion_types}'
+
+
+class _MaskConv(nn.Conv2d):
+    """The attention-pooling mask's 1x1 convolution C -> 1 (W_k x + b_k), computed as a batched matrix product: the
+    same function and parameters as the official ``nn.Conv2d``, but on the CPU the convolution kernel for a single
+    output channel is several times slower, in the forward and the backward. Its output keeps the conv's (N, 1, H, W)
+    shape, so forward hooks see what they would on the official module."""
+
+    def __init__(self, channels: int, device=None, dtype=None):
+        super().__init__(channels, 1, kernel_size=1, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        weight = self.weight.reshape(1, 1, C).expand(B, 1, C)
+        bias = self.bias
+        if bias is None:
+            logits = torch.bmm(weight, x.reshape(B, C, H * W))
+        else:
+            logits = torch.baddbmm(bias.reshape(1, 1, 1), weight, x.reshape(B, C, H * W))
+        return logits.reshape(B, 1, H, W)
 
 
 def _transform(channels: int, planes: int, act_layer: LayerType, device=None, dtype=None) -> nn.Sequential:
