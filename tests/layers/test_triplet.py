@@ -81,6 +81,23 @@ def test_matches_official_math_and_gradients_in_float64(training, kernel_size, n
             torch.testing.assert_close(p.grad, r.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize('no_spatial', [False, True])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_without_autograd_matches_official_math_and_leaves_the_input_alone(no_spatial, memory_format):
+    """Without autograd the Z-pools take amax and the gates are summed and multiplied in one buffer of x's layout."""
+    layer = _random_triplet(5, no_spatial=no_spatial).eval()
+    x = torch.randn(3, 5, 9, 7, dtype=torch.float64)
+    x[:, :, :3] = x[:, :, 3:6]  # ties in every max
+    x = x.contiguous(memory_format=memory_format)
+    before = x.clone()
+    expected = _reference(x, _ref_params(layer), _ref_stats(layer), False, no_spatial)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            out = layer(x)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        assert out.is_contiguous(memory_format=memory_format) and torch.equal(x, before)
+
+
 def test_gradcheck_in_training_mode():
     layer = _random_triplet(3, kernel_size=3).train()
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
