@@ -43,9 +43,10 @@ Deviations from the official code, all without a change of math:
   (8, 256, 56, 56), the same at (8, 2048, 7, 7)).
 * Without autograd (eval under ``torch.no_grad`` / ``inference_mode``) the Z-pools take ``amax`` (the max's values
   without its indices, several times faster on the CPU), and the gates, each scaled by 1/3 first, are summed and
-  multiplied with x in one feature-map buffer in x's memory format (``_apply_gates``): x is left alone and one map
-  is allocated instead of four. With autograd the Z-pools keep ``torch.max`` (ties pass the gradient to a single
-  element, as officially) and the product stays ``x * gate``, whose backward is the cheapest.
+  multiplied with x in one feature-map buffer in x's memory format (``_apply_gates``): x is left alone and the layer
+  allocates a single map (two with autograd: the gate and the product). With autograd the Z-pools keep ``torch.max``
+  (ties pass the gradient to a single element, as officially) and the product stays ``x * gate``, whose backward is the
+  cheapest.
 * The gate is cast to the input dtype, so the output keeps the input dtype under autocast.
 * ``kernel_size`` is a constructor argument (hard-coded 7 in the official file) and must be an odd int >= 1.
 
@@ -110,11 +111,11 @@ def _in_one_buffer(x: torch.Tensor, gates: List[torch.Tensor]) -> bool:
 @register_notrace_function  # a leaf for torch.fx: the path it takes depends on autograd at run time
 def _apply_gates(x: torch.Tensor, gates: List[torch.Tensor]) -> torch.Tensor:
     """x * sum(gates), the broadcast gates summed into one full-size buffer. Without autograd that buffer (in x's
-    memory format) also takes the product, so the layer allocates one feature map instead of three."""
+    memory format) also takes the product: one feature map allocated instead of the two of the autograd path."""
     if torch.jit.is_scripting() or not _in_one_buffer(x, gates):
         gate = gates[0] + gates[1]
         for g in gates[2:]:
-            gate = gate + g
+            gate = gate.add_(g)  # the sum's backward needs no values: add in place
         return x * gate.to(x.dtype)
     gate = torch.add(gates[0], gates[1], out=torch.empty_like(x, dtype=torch.result_type(gates[0], gates[1])))
     for g in gates[2:]:
