@@ -87,7 +87,7 @@ def test_without_autograd_matches_official_math_and_leaves_the_input_alone(no_sp
     """Without autograd the Z-pools take amax and the gates are summed and multiplied in one buffer of x's layout."""
     layer = _random_triplet(5, no_spatial=no_spatial).eval()
     x = torch.randn(3, 5, 9, 7, dtype=torch.float64)
-    x[:, :, :3] = x[:, :, 3:6]  # ties in every max
+    x[:, :, :3] = x[:, :, 3:6]  # ties in the max over H
     x = x.contiguous(memory_format=memory_format)
     before = x.clone()
     expected = _reference(x, _ref_params(layer), _ref_stats(layer), False, no_spatial)
