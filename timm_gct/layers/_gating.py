@@ -7,10 +7,12 @@ input again (timm's blocks never do). With autograd on, and in TorchScript or to
 product. The choice depends on run-time state that torch.fx cannot branch on, so this is an FX leaf (registered for
 timm's FX feature extraction; a calling module also calls ``torch.fx.wrap('apply_gate')``).
 """
+from typing import List
+
 import torch
 from timm.layers import register_notrace_function
 
-__all__ = ['apply_gate', 'autograd_records']
+__all__ = ['apply_gate', 'autograd_records', 'in_place_allowed']
 
 
 @torch.jit.unused
@@ -20,17 +22,19 @@ def autograd_records(*tensors: torch.Tensor) -> bool:
 
 
 @torch.jit.unused
-def _in_place_allowed(x: torch.Tensor, gate: torch.Tensor) -> bool:
+def in_place_allowed(tensors: List[torch.Tensor]) -> bool:
+    """Whether an elementwise result on ``tensors`` may be written in place: autograd records nothing on them and
+    torch.compile is not tracing (inductor fuses the op anyway; an in-place write would only add a mutation)."""
     if torch.compiler.is_compiling():
-        return False  # inductor fuses the product anyway; an in-place write would only add a mutation
-    return not autograd_records(x, gate)
+        return False
+    return not autograd_records(*tensors)
 
 
 @register_notrace_function
 def apply_gate(x: torch.Tensor, gate: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """``x * gate`` (gate broadcast, cast to x's dtype); into ``x`` itself when ``inplace`` and autograd is off."""
     gate = gate.to(x.dtype)
-    if torch.jit.is_scripting() or not inplace or not _in_place_allowed(x, gate):
+    if torch.jit.is_scripting() or not inplace or not in_place_allowed([x, gate]):
         return x * gate
     return x.mul_(gate)
 

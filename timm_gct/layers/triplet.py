@@ -62,7 +62,7 @@ from torch import nn
 from timm.layers import LayerType, register_notrace_function
 
 from ._checks import check_bool, check_channels, check_odd_kernel
-from ._gating import autograd_records
+from ._gating import autograd_records, in_place_allowed
 
 __all__ = ['TripletAttention']
 
@@ -101,18 +101,11 @@ def _zpool(x: torch.Tensor, dim: int) -> torch.Tensor:
 torch.fx.wrap('_zpool')
 
 
-@torch.jit.unused
-def _in_one_buffer(x: torch.Tensor, gates: List[torch.Tensor]) -> bool:
-    if torch.compiler.is_compiling():
-        return False  # inductor fuses the sum and the product itself
-    return not autograd_records(x, *gates)
-
-
 @register_notrace_function  # a leaf for torch.fx: the path it takes depends on autograd at run time
 def _apply_gates(x: torch.Tensor, gates: List[torch.Tensor]) -> torch.Tensor:
     """x * sum(gates), the broadcast gates summed into one full-size buffer. Without autograd that buffer (in x's
     memory format) also takes the product: one feature map allocated instead of the two of the autograd path."""
-    if torch.jit.is_scripting() or not _in_one_buffer(x, gates):
+    if torch.jit.is_scripting() or not in_place_allowed([x] + gates):
         gate = gates[0] + gates[1]
         for g in gates[2:]:
             gate = gate.add_(g)  # the sum's backward needs no values: add in place
