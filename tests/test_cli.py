@@ -37,7 +37,7 @@ def test_list_prints_every_registered_model(capsys, monkeypatch):
     lines = out.splitlines()
     assert 'model' in lines[1] and 'GMACs' in lines[1]
     listed = [line.split()[0] for line in lines[2:]]
-    assert listed == measured == timm.list_models(module='attn_resnet')
+    assert listed == measured == timm.list_models(module=['attn_resnet', 'gct_official'])
     assert lines[2].split()[1:] == ['GCT', '1,2,3,4', '16', '25.00', '+1,000,000', '4.10', '224x224']
 
 
@@ -68,6 +68,18 @@ def test_list_counts_shared_and_last_block_layers(capsys):
     }
 
 
+def test_list_counts_the_official_gct_layout(capsys):
+    code, out, _ = _run_cli(capsys, 'list', 'gct_resnet50_official', '--format', 'json')
+    assert code == 0
+    (row,) = json.loads(out)
+    convs = [m for m in timm.create_model('gct_resnet50_official', device='meta').modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 16 * 3 + 4  # the stem, three per bottleneck, one downsample per stage
+    assert row['mechanism'] == 'GCT' and row['attn_stages'] == [1, 2, 3, 4]
+    assert row['attn_layers'] == len(convs)  # a GCT before every conv
+    assert row['added_params'] == sum(3 * c.in_channels for c in convs)  # alpha, gamma, beta per input channel
+
+
 def _reference_macs(model, input_size):
     """Independent count from hooks on a real forward pass: every Conv2d and Linear, and the GC block's attention
     pooling (a (C x HW) @ (HW x 1) product, i.e. C * H * W multiply-accumulates per sample)."""
@@ -90,7 +102,8 @@ def _reference_macs(model, input_size):
     return sum(total)
 
 
-@pytest.mark.parametrize('name', ['gct_resnet18_cifar', 'gc_resnet18_cifar', 'nam_resnet50', 'resnet50_cifar'])
+@pytest.mark.parametrize(
+    'name', ['gct_resnet18_cifar', 'gc_resnet18_cifar', 'nam_resnet50', 'resnet50_cifar', 'gct_resnet50_official'])
 def test_gmacs_agree_with_an_independent_count(name):
     model = timm.create_model(name)
     assert measure(name).macs == _reference_macs(model, model.pretrained_cfg['input_size'])

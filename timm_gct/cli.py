@@ -32,6 +32,7 @@ from .hub import (
     CardError, build_from_checkpoint, converted_weights, load_train_checkpoint, push_to_hub, render_card,
     save_pretrained, trained_weights)
 from .inspection_cli import add_inspect_parser
+from .models import MODEL_MODULES
 from .stats import ModelStats, measure
 
 __all__ = ['main']
@@ -53,7 +54,7 @@ def _list_rows(stats: Sequence[ModelStats]) -> List[List[str]]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    names = timm.list_models(module='attn_resnet')
+    names = timm.list_models(module=MODEL_MODULES)
     if args.patterns:
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.patterns)]
         if not names:
@@ -73,7 +74,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         f'timm_gct {timm_gct.__version__} (timm {timm.__version__}, torch {torch.__version__}): {len(stats)} models. '
         'Params and GMACs are measured from each model at its default input size, batch 1; "added params" is '
         'against the plain ResNet of the same depth and stem (timm resnetN, or resnetN_cifar); "attn layers" '
-        'counts distinct attention modules (DIA shares one per stage).')
+        'counts distinct attention modules (DIA shares one per stage; the _official GCT ResNets have one before '
+        'every conv, the stem\'s included).')
     print(text_table(_LIST_COLUMNS, rows, left=3))
     return 0
 

@@ -14,7 +14,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import model_mechanism
+from timm.models import is_model_in_modules
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from .models import MECHANISMS, GctConv2d, model_mechanism
 
 __all__ = ['ModelStats', 'count_activations', 'count_macs', 'count_params', 'measure', 'plain_twin']
 
@@ -24,7 +27,7 @@ class ModelStats:
     name: str
     mechanism: str  # mechanism title, '-' for a plain ResNet
     attn_stages: Tuple[int, ...]  # stages (1-4) holding attention layers, () for none
-    attn_layers: int  # distinct attention modules (a module shared by the blocks of a stage counts once)
+    attn_layers: int  # distinct attention modules, the stem's included (one shared by a stage's blocks counts once)
     params: int
     plain_params: int  # parameters of the plain ResNet twin (same depth and stem)
     macs: int
@@ -78,23 +81,38 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _attn_modules(model: torch.nn.Module, stage: int) -> List[torch.nn.Module]:
-    modules = [getattr(b, 'se', None) for b in getattr(model, f'layer{stage}').children()]
-    return list({id(m): m for m in modules if m is not None}.values())
+def _attn_modules(module: torch.nn.Module) -> List[torch.nn.Module]:
+    """Distinct attention modules in a ResNet or one of its stages: the ``se`` of each residual block (timm's
+    ``attn_layer`` hook; DIA's blocks share one per stage) and the GCT of each ``GctConv2d`` (the official GCT
+    layout, which also has one in the stem)."""
+    found = []
+    for m in module.modules():
+        if isinstance(m, (BasicBlock, Bottleneck)):
+            found.append(m.se)
+        elif isinstance(m, GctConv2d):
+            found.append(m.gct)
+    return list({id(m): m for m in found if m is not None}.values())
+
+
+def _mechanism_title(model_name: str) -> str:
+    arch = model_name.split('.')[0]
+    if is_model_in_modules(arch, ['gct_official']):
+        return MECHANISMS['gct'].title
+    mechanism = model_mechanism(arch)
+    return mechanism.title if mechanism is not None else '-'
 
 
 def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) -> ModelStats:
     """Measure a model registered by timm_gct at its default input size (or ``input_size``), batch size 1."""
-    mechanism = model_mechanism(model_name)
+    title = _mechanism_title(model_name)
     model = timm.create_model(model_name, device='meta').eval()
     plain = timm.create_model(plain_twin(model_name), device='meta')
     input_size = tuple(input_size or model.pretrained_cfg['input_size'])
-    attn = {i: _attn_modules(model, i) for i in range(1, 5)}
     return ModelStats(
         name=model_name,
-        mechanism=mechanism.title if mechanism is not None else '-',
-        attn_stages=tuple(i for i, modules in attn.items() if modules),
-        attn_layers=sum(len(modules) for modules in attn.values()),
+        mechanism=title,
+        attn_stages=tuple(i for i in range(1, 5) if _attn_modules(getattr(model, f'layer{i}'))),
+        attn_layers=len(_attn_modules(model)),
         params=count_params(model),
         plain_params=count_params(plain),
         macs=count_macs(model, input_size),
