@@ -14,10 +14,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from timm.models import is_model_in_modules
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from .models import MECHANISMS, GctConv2d, model_mechanism
+from .models import GctConv2d, model_mechanism
 
 __all__ = ['ModelStats', 'count_activations', 'count_macs', 'count_params', 'measure', 'plain_twin']
 
@@ -94,23 +93,15 @@ def _attn_modules(module: torch.nn.Module) -> List[torch.nn.Module]:
     return list({id(m): m for m in found if m is not None}.values())
 
 
-def _mechanism_title(model_name: str) -> str:
-    arch = model_name.split('.')[0]
-    if is_model_in_modules(arch, ['gct_official']):
-        return MECHANISMS['gct'].title
-    mechanism = model_mechanism(arch)
-    return mechanism.title if mechanism is not None else '-'
-
-
 def measure(model_name: str, input_size: Optional[Tuple[int, int, int]] = None) -> ModelStats:
     """Measure a model registered by timm_gct at its default input size (or ``input_size``), batch size 1."""
-    title = _mechanism_title(model_name)
+    mechanism = model_mechanism(model_name)
     model = timm.create_model(model_name, device='meta').eval()
     plain = timm.create_model(plain_twin(model_name), device='meta')
     input_size = tuple(input_size or model.pretrained_cfg['input_size'])
     return ModelStats(
         name=model_name,
-        mechanism=title,
+        mechanism=mechanism.title if mechanism is not None else '-',
         attn_stages=tuple(i for i in range(1, 5) if _attn_modules(getattr(model, f'layer{i}'))),
         attn_layers=len(_attn_modules(model)),
         params=count_params(model),

@@ -35,6 +35,26 @@ def test_reference_model_computes_our_function(mechanism, train):
     # Every attention layer is replaced; DIANet's stage wrapper (DIAStage) stays by design, around the reference.
     assert not any(type(m).__module__.startswith('timm_gct.layers') and not isinstance(m, DIAStage)
                    for m in reference.modules())
+    _assert_same_function(ours, reference, train, attention='.se.')
+
+
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_reference_of_the_official_gct_layout_computes_our_function(train):
+    torch.manual_seed(0)
+    ours = timm.create_model('gct_resnet50_official', num_classes=5).double()
+    for name, m in ours.named_modules():
+        if name.endswith('.gct'):
+            randomize(m, seed=len(name))
+    reference = to_official(copy.deepcopy(ours))
+    assert not any(type(m).__module__.startswith('timm_gct.layers') for m in reference.modules())
+    # one before each conv: the stem, three per bottleneck, one per stage's downsample
+    assert sum(type(m).__name__ == 'OfficialGCT' for m in reference.modules()) == 1 + 16 * 3 + 4
+    _assert_same_function(ours, reference, train, attention='.gct.')
+
+
+def _assert_same_function(ours, reference, train, attention):
+    """Outputs, input gradients and the gradients of every parameter outside the attention layers (whose names
+    contain ``attention``; their parameters are named and shaped differently) agree in float64."""
     ours.train(train)
     reference.train(train)
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
@@ -47,7 +67,7 @@ def test_reference_model_computes_our_function(mechanism, train):
     _assert_grad_close(x_ref.grad, x_ours.grad, 'input')
     ref_params = dict(reference.named_parameters())
     for name, p in ours.named_parameters():
-        if '.se.' not in name and name in ref_params:  # the ResNet's own parameters (attention names differ)
+        if attention not in name and name in ref_params:  # the ResNet's own parameters (attention names differ)
             _assert_grad_close(ref_params[name].grad, p.grad, name)
 
 

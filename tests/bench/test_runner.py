@@ -22,7 +22,9 @@ def test_entries_add_official_references_and_each_twin_once_with_its_control():
     assert entries[1].label == 'resnet18_cifar (control)' and entries[0].label == 'resnet18_cifar'
     assert [e.impl for e in entries_for(['gct_resnet18_cifar'], official=False)] == [BASELINE, CONTROL, OURS]
     assert [e.impl for e in entries_for(['gct_resnet18_cifar'], control=False)] == [BASELINE, OURS, OFFICIAL]
-    assert entries_for(['gct_resnet50_official'], control=False)[1] == Entry('gct_resnet50_official', TIMM, 'resnet50')
+    # the official GCT layout is ours too; its reference row runs the official GCT code at that layout
+    assert entries_for(['gct_resnet50_official'], control=False)[1:] == [
+        Entry('gct_resnet50_official', OURS, 'resnet50'), Entry('gct_resnet50_official', OFFICIAL, 'resnet50')]
 
 
 @pytest.mark.parametrize('name,match', [

@@ -146,6 +146,9 @@ def test_model_mechanism():
     assert model_mechanism('gct_resnet50') is MECHANISMS['gct']
     assert model_mechanism('gc_resnet18_cifar') is MECHANISMS['gc']
     assert model_mechanism('resnet18_cifar') is None
+    assert model_mechanism('gct_resnet50_official') is MECHANISMS['gct']
+    with pytest.raises(KeyError):
+        model_mechanism('seresnet50')
 
 
 @pytest.mark.parametrize('name,layer_cls,stages', [

@@ -36,7 +36,8 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import (
+    build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, is_model_in_modules, register_model)
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import get_attn
@@ -184,8 +185,12 @@ _MODEL_DEFS = _model_defs()
 
 
 def model_mechanism(model_name: str) -> Optional[Mechanism]:
-    """The mechanism of a model registered here (None for a plain baseline); KeyError for other names."""
-    return _MODEL_DEFS[model_name.split('.')[0]].mechanism
+    """The mechanism of a model registered by timm_gct: GCT for the ``gct_resnet*_official`` models (``gct_official``),
+    None for a plain baseline; KeyError for other names."""
+    arch = model_name.split('.')[0]
+    if is_model_in_modules(arch, ['gct_official']):
+        return MECHANISMS['gct']
+    return _MODEL_DEFS[arch].mechanism
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
