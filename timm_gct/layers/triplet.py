@@ -108,7 +108,7 @@ def _apply_gates(x: torch.Tensor, gates: List[torch.Tensor]) -> torch.Tensor:
     if torch.jit.is_scripting() or not in_place_allowed([x] + gates):
         gate = gates[0] + gates[1]
         for g in gates[2:]:
-            gate = gate.add_(g)  # the sum's backward needs no values: add in place
+            gate.add_(g)  # the sum's backward needs no values: add in place
         return x * gate.to(x.dtype)
     gate = torch.add(gates[0], gates[1], out=torch.empty_like(x, dtype=torch.result_type(gates[0], gates[1])))
     for g in gates[2:]:
