@@ -36,20 +36,32 @@ Deviations from the official code, all without a change of math:
 * ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
 * An even or non-positive ``kernel_size`` is a ValueError (the official code builds an even kernel whose output is
   one channel short, which fails later at ``expand_as``).
+* On the GPU (``timm_gct.kernels``): three fused Triton kernels each way instead of about seven PyTorch operations
+  (the mean, the k-tap filter with the sigmoid, the product; their backward likewise). The mean and the filter run in
+  float32 there, where PyTorch's path rounds the mean to the input dtype under autocast.
 """
 from typing import Optional
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType
 
+from ..kernels import use_triton
 from ._checks import check_bool, check_channels, check_odd_kernel
 from ._gating import apply_gate
 
-__all__ = ['EfficientChannelAttention']
+__all__ = ['EfficientChannelAttention', 'channel_gate']
 
 torch.fx.wrap('apply_gate')
+
+
+def channel_gate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sigmoid(Conv1d(mean_hw x)) across channels, shape (N, C, 1, 1); ``weight`` of shape (1, 1, k)."""
+    B, C, H, W = x.shape
+    y = F.conv1d(x.mean(dim=(2, 3)).view(B, 1, C), weight, padding=(weight.shape[-1] - 1) // 2)
+    return torch.sigmoid(y).view(B, C, 1, 1)
 
 
 class EfficientChannelAttention(nn.Module):
@@ -82,9 +94,15 @@ class EfficientChannelAttention(nn.Module):
             1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        y = self.conv(x.mean(dim=(2, 3)).view(B, 1, C))
-        return apply_gate(x, torch.sigmoid(y).view(B, C, 1, 1), self.inplace)
+        if not torch.jit.is_scripting() and use_triton(x):
+            return self._fused(x)
+        return apply_gate(x, channel_gate(x, self.conv.weight), self.inplace)
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels._gate import fused_gate
+        from ..kernels.eca import EcaKernels
+        return fused_gate(EcaKernels(self.conv.kernel_size[0]), x, (self.conv.weight,), self.inplace)
 
     def extra_repr(self) -> str:
         return f'kernel_size={self.conv.kernel_size[0]}, inplace={self.inplace}'

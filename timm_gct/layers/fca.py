@@ -37,6 +37,10 @@ Deviations from the official code, none in the math:
   official code silently builds 16 copies of the DC filter), and channels must split into the 16 frequency groups.
 * ``freq_sel_method`` takes the 'top' family only ('top1' ... 'top32'); the official 'low' and 'bot' rankings are
   ablations and are not implemented.
+* On the GPU (``timm_gct.kernels``, with the default ReLU): three fused Triton kernels each way. The DCT-weighted sum
+  is one pass over x (PyTorch's path writes x * F as a full-size map first); an input of another size than the DCT is
+  not pooled but weighted by the pooling's adjoint applied to F (``MultiSpectralDCTLayer.filter_for``: the same
+  linear function of x, summed in another order); the excitation and the sigmoid are one small kernel.
 """
 import math
 
@@ -46,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, create_act_layer, register_notrace_function
 
+from ..kernels import use_triton
 from ._checks import check_act_layer, check_bool, check_channels, check_choice, check_int, divided_channels
 from ._gating import apply_gate
 from ._reduce import spatial_sum
@@ -93,6 +98,16 @@ def _pool_to_dct_size(x: torch.Tensor, dct_size: int) -> torch.Tensor:
 torch.fx.wrap('_pool_to_dct_size')
 
 
+def _pool_matrix(size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """(out_size, size) matrix of adaptive average pooling along one axis: row i averages positions
+    floor(i * size / out_size) to ceil((i + 1) * size / out_size) - 1, as ``F.adaptive_avg_pool2d``."""
+    matrix = torch.zeros(out_size, size, dtype=torch.float32)
+    for i in range(out_size):
+        start, end = (i * size) // out_size, -(-(i + 1) * size // out_size)
+        matrix[i, start:end] = 1. / (end - start)
+    return matrix.to(device)
+
+
 class MultiSpectralDCTLayer(nn.Module):
     """Per-channel DCT coefficient: sum_hw x_c(h, w) * F_c(h, w), with F a fixed persistent buffer ``weight``."""
 
@@ -108,6 +123,23 @@ class MultiSpectralDCTLayer(nn.Module):
         """Refill the DCT filter, e.g. after ``to_empty()`` from the meta device."""
         with torch.no_grad():
             self.weight.copy_(dct_filter(self.weight.shape[0], self.dct_size, self.freq_sel_method))
+
+    @torch.jit.unused
+    def filter_for(self, height: int, width: int) -> torch.Tensor:
+        """The (C, H, W) filter G with sum_hw x G = sum_hw pool_S(x) F for an H x W input: F itself at the DCT's size,
+        else the adjoint of the adaptive average pooling applied to F (kept until the size or F changes)."""
+        if (height, width) == (self.dct_size, self.dct_size):
+            return self.weight
+        w = self.weight
+        key = (height, width, w.device, w.dtype, w.data_ptr(), w._version)
+        cached = getattr(self, '_filter_cache', None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                rows = _pool_matrix(height, self.dct_size, w.device)
+                cols = _pool_matrix(width, self.dct_size, w.device)
+                pooled = rows.t() @ w.float() @ cols  # (H, S) @ (C, S, S) @ (S, W)
+            cached = self._filter_cache = (key, pooled)
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return spatial_sum(x * self.weight, 0).flatten(1)
@@ -164,9 +196,21 @@ class MultiSpectralAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and use_triton(x) and type(self.fc[1]) is nn.ReLU:
+            return self._fused(x)
         B, C, H, W = x.shape
         y = self.dct_layer(_pool_to_dct_size(x, self.dct_size))
         return apply_gate(x, self.fc(y.to(x.dtype)).reshape(B, C, 1, 1), self.inplace)
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels._gate import fused_gate
+        from ..kernels.fca import FcaKernels
+        w1, w2 = self.fc[0].weight, self.fc[2].weight
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else w1.dtype
+        spec = FcaKernels(self.dct_layer.filter_for(x.shape[-2], x.shape[-1]), dtype)
+        return fused_gate(spec, x, (w1, w2), self.inplace)
 
     def extra_repr(self) -> str:
         method = self.dct_layer.freq_sel_method

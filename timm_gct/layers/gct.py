@@ -40,6 +40,7 @@ import torch.fx
 from torch import nn
 from timm.layers import LayerType, register_notrace_function
 
+from ..kernels import use_triton
 from ._checks import check_bool, check_channels, check_choice, check_positive
 from ._double_backward import differentiate
 from ._gating import apply_gate, autograd_records
@@ -154,6 +155,10 @@ def _plain(
 @torch.jit.unused
 def _eager(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, p: int,
            inplace: bool) -> torch.Tensor:
+    if use_triton(x):
+        from ..kernels._gate import fused_gate
+        from ..kernels.gct import GctKernels
+        return fused_gate(GctKernels(eps, p), x, (alpha, gamma, beta), inplace)
     if autograd_records(x, alpha, gamma, beta):
         return _GatedChannelFunction.apply(x, alpha, gamma, beta, eps, p)
     return apply_gate(x, _gate(spatial_sum(x, p), alpha, gamma, beta, eps, p == 2), inplace)

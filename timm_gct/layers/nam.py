@@ -36,7 +36,12 @@ Deviations from the official code:
   backward that autograd records (``create_graph=True``) differentiates the plain formula instead
   (``_double_backward.py``). TorchScript and torch.compile run the plain formula (torch.fx keeps
   ``_normalization_gate`` as a leaf, which picks its path at run time). Other devices keep ``F.batch_norm``, which
-  may pick cuDNN where the Function's native kernels would not; the Function is unmeasured on a GPU.
+  may pick cuDNN where the Function's native kernels would not.
+* On the GPU (``timm_gct.kernels``): three fused Triton kernels each way (in eval two) instead of the BatchNorm, the
+  folding, the sigmoid and the product: one pass for the BatchNorm's statistics, one small kernel for them and the
+  gate's per-channel affine (w folded in there), one pass for x * sigmoid(a_c x + b_c); the backward recomputes the
+  gate from x instead of saving it (one full-size tensor less in training). Used when the BatchNorm is a plain
+  ``nn.BatchNorm2d``.
 """
 from typing import Optional
 
@@ -46,11 +51,12 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, register_notrace_function
 
+from ..kernels import use_triton
 from ._checks import check_bool, check_channels, check_positive
 from ._double_backward import differentiate
 from ._gating import apply_gate, autograd_records
 
-__all__ = ['NormalizationAttention']
+__all__ = ['NormalizationAttention', 'normalization_gate']
 
 torch.fx.wrap('apply_gate')
 
@@ -58,6 +64,33 @@ torch.fx.wrap('apply_gate')
 def _plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """sigmoid(BN(x)) * x on batch statistics, without touching running statistics."""
     return x * torch.sigmoid(F.batch_norm(x, None, None, weight, bias, True, 0., eps))
+
+
+def _channel_weight(gamma: torch.Tensor) -> torch.Tensor:
+    """w = |gamma| / sum |gamma|, taken without gradient (the official code reads ``weight.data``)."""
+    scale = gamma.detach().abs()
+    return scale / scale.sum().clamp_min(1e-12)
+
+
+def normalization_gate(
+        x: torch.Tensor,
+        gamma: torch.Tensor,
+        beta: torch.Tensor,
+        running_mean: Optional[torch.Tensor],
+        running_var: Optional[torch.Tensor],
+        batch_stats: bool,
+        eps: float,
+) -> torch.Tensor:
+    """x * sigmoid(BN(x) w) as a formula of the BN's parameters, the running statistics left alone (double
+    backward of the fused path)."""
+    w = _channel_weight(gamma)
+    return x * torch.sigmoid(F.batch_norm(x, running_mean, running_var, gamma * w, beta * w, batch_stats, 0., eps))
+
+
+def _check_values_per_channel(x: torch.Tensor) -> None:
+    """F.batch_norm's own check on batch statistics, which the native and the fused kernels skip (NaN variance)."""
+    if x.numel() == x.shape[1]:
+        raise ValueError(f'Expected more than 1 value per channel when training, got input size {x.size()}')
 
 
 class _NormalizationGateFunction(torch.autograd.Function):
@@ -102,8 +135,7 @@ def _fused_allowed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 @torch.jit.unused
 def _fused(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
            weight: torch.Tensor, bias: torch.Tensor, momentum: float, eps: float) -> torch.Tensor:
-    if x.numel() == x.shape[1]:  # F.batch_norm's own check, which native_batch_norm skips (its variance is NaN)
-        raise ValueError(f'Expected more than 1 value per channel when training, got input size {x.size()}')
+    _check_values_per_channel(x)
     return _NormalizationGateFunction.apply(x, weight, bias, running_mean, running_var, momentum, eps)
 
 
@@ -174,8 +206,9 @@ class NormalizationAttention(nn.Module):
         self._register_sparsity_hook()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.bn.weight.detach().abs()
-        weight = scale / scale.sum().clamp_min(1e-12)
+        if not torch.jit.is_scripting() and use_triton(x) and type(self.bn) is nn.BatchNorm2d:
+            return self._fused(x)
+        weight = _channel_weight(self.bn.weight)
         if not isinstance(self.bn, nn.BatchNorm2d):
             # The logits are a fresh tensor that no backward needs: squash them in place.
             return apply_gate(x, torch.sigmoid_(self.bn(x).mul_(weight.view(1, -1, 1, 1))), self.inplace)
@@ -191,6 +224,15 @@ class NormalizationAttention(nn.Module):
         return _normalization_gate(
             x, bn.running_mean if keep else None, bn.running_var if keep else None, bn.weight * weight,
             bn.bias * weight, batch_stats, momentum, bn.eps, self.inplace)
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels._gate import batchnorm_state, fused_gate
+        from ..kernels.nam import NamKernels
+        state = batchnorm_state(self.bn)
+        if state.batch_stats:
+            _check_values_per_channel(x)
+        return fused_gate(NamKernels(state), x, (self.bn.weight, self.bn.bias), self.inplace)
 
     def extra_repr(self) -> str:
         return f'sparsity={self.sparsity}, inplace={self.inplace}'

@@ -37,21 +37,27 @@ Deviations from the official code, all without a change of math:
   and torch.compile use ``torch.var_mean``.
 * ``inplace=True`` (set by the registered models): without autograd the input is scaled in place (``_gating.py``).
 * The two input checks above.
+* On the GPU (``timm_gct.kernels``): three fused Triton kernels each way instead of about twenty PyTorch operations
+  (the style pooling as one mean / M2 pass merged as Chan et al.'s parallel variance, style integration, the
+  BatchNorm over the batch with its running statistics, the sigmoid, the product; their backward likewise), when the
+  BatchNorm is a plain ``nn.BatchNorm2d`` (a SyncBatchNorm or frozen one runs its own forward in PyTorch).
 """
 from typing import Optional, Tuple
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import LayerType, register_notrace_function
 
+from ..kernels import use_triton
 from ._checks import check_bool, check_channels, check_positive
 from ._double_backward import differentiate
 from ._gating import apply_gate
 from ._guards import check_batch_for_batchnorm, check_min_spatial
 from ._precision import upcast
 
-__all__ = ['StyleRecalibration']
+__all__ = ['StyleRecalibration', 'style_gate']
 
 torch.fx.wrap('apply_gate')
 
@@ -108,6 +114,27 @@ def _style_pool_eager(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.
 torch.fx.wrap('_style_pool')
 
 
+def _integrate(pooled: torch.Tensor, cfc: torch.Tensor) -> torch.Tensor:
+    """Style integration z = cfc_0 mean + cfc_1 std, (N, C, 1, 1) in the parameters' dtype."""
+    return (pooled * cfc.view(-1, 2)).sum(dim=2).to(cfc.dtype)[..., None, None]
+
+
+def style_gate(
+        x: torch.Tensor,
+        cfc: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        running_mean: Optional[torch.Tensor],
+        running_var: Optional[torch.Tensor],
+        batch_stats: bool,
+        eps: float,
+        bn_eps: float,
+) -> torch.Tensor:
+    """sigmoid(BN(z)) as a formula of its tensors, the running statistics left alone (double backward)."""
+    z = _integrate(_style_pool(x, eps), cfc)
+    return torch.sigmoid(F.batch_norm(z, running_mean, running_var, weight, bias, batch_stats, 0., bn_eps))
+
+
 class StyleRecalibration(nn.Module):
     """SRM, a drop-in timm ``attn_layer``."""
 
@@ -140,11 +167,18 @@ class StyleRecalibration(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_min_spatial(x, 2, 'StyleRecalibration', 'the unbiased variance over H x W of one value is 0 / 0')
         x = check_batch_for_batchnorm(x, self.training, 'StyleRecalibration')
-        B, C, H, W = x.shape
-        z = (_style_pool(x, self.eps) * self.cfc.view(-1, 2)).sum(dim=2)
-        # z is float32 (or float64); the BN runs in the parameters' dtype, as the official layer does.
-        gate = torch.sigmoid(self.bn(z.to(self.cfc.dtype).view(B, C, 1, 1)))
+        if not torch.jit.is_scripting() and use_triton(x) and type(self.bn) is nn.BatchNorm2d:
+            return self._fused(x)
+        # z is float32 (or float64) until _integrate casts it: the BN runs in the parameters' dtype, as officially.
+        gate = torch.sigmoid(self.bn(_integrate(_style_pool(x, self.eps), self.cfc)))
         return apply_gate(x, gate, self.inplace)
+
+    @torch.jit.unused
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels._gate import batchnorm_state, fused_gate
+        from ..kernels.srm import SrmKernels
+        spec = SrmKernels(self.eps, batchnorm_state(self.bn))
+        return fused_gate(spec, x, (self.cfc, self.bn.weight, self.bn.bias), self.inplace)
 
     def extra_repr(self) -> str:
         return f'{self.bn.num_features}, eps={self.eps}, inplace={self.inplace}'
