@@ -29,7 +29,7 @@ import triton.language as tl
 __all__ = [
     'ABS', 'DOT', 'INTERPRETED', 'MOMENTS', 'NAM_GRAD', 'SQUARE', 'SUM', 'WEIGHTED', 'GATE_CHANNEL', 'GATE_NAM', 'TERM_NONE',
     'TERM_X', 'TERM_SIGN', 'TERM_FILTER', 'TERM_NAM', 'NAM_ROWS', 'apply_map', 'grad_input_map', 'launch',
-    'map_strides', 'merge_moments', 'reduce_map', 'round_to', 'small_block', 'sum_splits',
+    'cast_to', 'map_strides', 'merge_moments', 'reduce_map', 'round_to', 'small_block', 'sum_splits',
 ]
 
 # What ``reduce`` computes per (sample, channel); MOMENTS and NAM_GRAD write two values.
@@ -53,8 +53,10 @@ TERM_NAM: tl.constexpr = tl.constexpr(4)
 # and its backward's scale k and the two gradient means.
 NAM_ROWS = 7
 
-# Whether the kernels below run in Triton's interpreter: it is chosen when they are defined, i.e. now.
+# Whether the kernels below run in Triton's interpreter: it is chosen when they are defined, i.e. now. The
+# interpreter truncates float32 -> bfloat16 conversions (the GPU rounds to nearest even), so there they are emulated.
 INTERPRETED = os.environ.get('TRITON_INTERPRET', '0') == '1'
+_EMULATE_BF16: tl.constexpr = tl.constexpr(INTERPRETED)
 
 _TILE = 2048  # elements per tile of a map kernel
 _PARTIAL_BLOCK = 1024  # parameter-gradient columns summed per program
@@ -123,9 +125,19 @@ def _splits(x: torch.Tensor, tiles: int, block_hw: int) -> int:
 
 
 @triton.jit
+def cast_to(v, dtype: tl.constexpr):
+    """float32 v in ``dtype``, rounded to nearest even as PyTorch rounds."""
+    if _EMULATE_BF16 and dtype == tl.bfloat16:
+        bits = v.to(tl.float32).to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # round the low 16 bits away, ties to even
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
 def round_to(v, like_ptr):
     """v rounded to the element type of ``like_ptr`` and back to float32 (PyTorch's intermediate rounding)."""
-    return v.to(like_ptr.dtype.element_ty).to(tl.float32)
+    return cast_to(v, like_ptr.dtype.element_ty).to(tl.float32)
 
 
 @triton.jit
@@ -285,7 +297,7 @@ def _apply_kernel(
         a = tl.load(gate_ptr + c, mask=cmask, other=0.)[:, None]
         b = tl.load(gate_ptr + C + c, mask=cmask, other=0.)[:, None]
         gate = _nam_gate(x, a, b, x_ptr)
-    y = (x * gate).to(out_ptr.dtype.element_ty)
+    y = cast_to(x * gate, out_ptr.dtype.element_ty)
     tl.store(out_ptr + n64 * son + c64 * soc + hw[None, :] * sohw, y, mask=mask)
 
 
@@ -344,7 +356,8 @@ def _grad_input_kernel(
                     grad += b * tl.where(x > 0, 1., tl.where(x < 0, -1., 0.))
                 else:
                     grad += b * tl.load(w_ptr + c64 * swc + hw[None, :] * swhw, mask=mask, other=0.).to(tl.float32)
-        tl.store(out_ptr + n64 * son + c64 * soc + hw[None, :] * sohw, grad.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + n64 * son + c64 * soc + hw[None, :] * sohw, cast_to(grad, out_ptr.dtype.element_ty),
+                 mask=mask)
     else:  # the parameter gradients: column sums of the (R, P) partials the gate's backward wrote per block
         programs = tl.num_programs(0)
         for p0 in range(pid * BLOCK_P, P, programs * BLOCK_P):
@@ -353,7 +366,7 @@ def _grad_input_kernel(
             total = tl.zeros([BLOCK_P], tl.float32)
             for r in range(R):
                 total += tl.load(part_ptr + r * P + p, mask=pmask, other=0.)
-            tl.store(pgrad_ptr + p, total.to(pgrad_ptr.dtype.element_ty), mask=pmask)
+            tl.store(pgrad_ptr + p, cast_to(total, pgrad_ptr.dtype.element_ty), mask=pmask)
 
 
 def grad_input_map(

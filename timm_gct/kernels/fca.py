@@ -15,7 +15,9 @@ import triton.language as tl
 
 from ..layers._reduce import spatial_sum
 from ._gate import GateGrad, GateSpec
-from ._maps import DOT, INTERPRETED, TERM_FILTER, WEIGHTED, launch, reduce_map, small_block, sum_splits
+from ._maps import (
+    DOT, INTERPRETED, TERM_FILTER, WEIGHTED, cast_to, launch, reduce_map, small_block, sum_splits,
+)
 
 __all__ = ['FcaKernels']
 
@@ -25,7 +27,7 @@ _BLOCK_N = 16  # tl.dot needs 16 rows
 @triton.jit
 def _cast(v, CODE: tl.constexpr):
     if CODE == 1:
-        return v.to(tl.bfloat16)
+        return cast_to(v, tl.bfloat16)
     elif CODE == 2:
         return v.to(tl.float16)
     else:

@@ -14,7 +14,9 @@ import triton.language as tl
 
 from ..layers.nam import normalization_gate
 from ._gate import BatchNormState, GateGrad, GateSpec, or_placeholder
-from ._maps import MOMENTS, NAM_GRAD, NAM_ROWS, TERM_NAM, launch, reduce_map, small_block, sum_splits
+from ._maps import (
+    MOMENTS, NAM_GRAD, NAM_ROWS, TERM_NAM, cast_to, launch, reduce_map, small_block, sum_splits,
+)
 
 __all__ = ['NamKernels']
 
@@ -69,8 +71,8 @@ def _gate_kernel(stat_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, count_ptr, 
             old_var = tl.load(rvar_ptr + c, mask=cmask, other=0.)
             new_mean = (1. - momentum) * old_mean.to(tl.float32) + momentum * mean
             new_var = (1. - momentum) * old_var.to(tl.float32) + momentum * var * count / (count - 1.)
-            tl.store(rmean_ptr + c, new_mean.to(old_mean.dtype), mask=cmask)
-            tl.store(rvar_ptr + c, new_var.to(old_var.dtype), mask=cmask)
+            tl.store(rmean_ptr + c, cast_to(new_mean, old_mean.dtype), mask=cmask)
+            tl.store(rvar_ptr + c, cast_to(new_var, old_var.dtype), mask=cmask)
     else:
         mean = tl.load(rmean_ptr + c, mask=cmask, other=0.).to(tl.float32)
         var = tl.load(rvar_ptr + c, mask=cmask, other=1.).to(tl.float32)
@@ -98,8 +100,8 @@ def _gate_grad_kernel(sums_ptr, gamma_ptr, coef_ptr, pgrad_ptr, N, C, HW, n_spli
         grad_scale += tl.sum(sum_splits(sums_ptr, 1, n[:, None], c[None, :], mask, N, C, n_split), axis=0)
     w, gamma = _weight(gamma_ptr, c, cmask, C, BLOCK_C)
     out_type = pgrad_ptr.dtype.element_ty
-    tl.store(pgrad_ptr + c, (w * grad_scale).to(out_type), mask=cmask)
-    tl.store(pgrad_ptr + C + c, (w * grad_shift).to(out_type), mask=cmask)
+    tl.store(pgrad_ptr + c, cast_to(w * grad_scale, out_type), mask=cmask)
+    tl.store(pgrad_ptr + C + c, cast_to(w * grad_shift, out_type), mask=cmask)
     rstd = tl.load(coef_ptr + 3 * C + c, mask=cmask, other=0.)
     tl.store(coef_ptr + 4 * C + c, w * gamma * rstd, mask=cmask)
     if BATCH:  # the batch statistics' share: dL/dz's mean and its mean against xhat, over N x H x W

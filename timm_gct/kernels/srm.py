@@ -13,7 +13,9 @@ import triton.language as tl
 
 from ..layers.srm import style_gate
 from ._gate import BatchNormState, GateGrad, GateSpec, or_placeholder
-from ._maps import DOT, MOMENTS, TERM_X, launch, merge_moments, reduce_map, small_block, sum_splits
+from ._maps import (
+    DOT, MOMENTS, TERM_X, cast_to, launch, merge_moments, reduce_map, small_block, sum_splits,
+)
 
 __all__ = ['SrmKernels']
 
@@ -61,8 +63,8 @@ def _gate_kernel(stat_ptr, cfc_ptr, w_ptr, b_ptr, rmean_ptr, rvar_ptr, count_ptr
             old_var = tl.load(rvar_ptr + c, mask=cmask, other=0.)
             new_mean = (1. - momentum) * old_mean.to(tl.float32) + momentum * z_mean
             new_var = (1. - momentum) * old_var.to(tl.float32) + momentum * z_var * N / (N - 1)
-            tl.store(rmean_ptr + c, new_mean.to(old_mean.dtype), mask=cmask)
-            tl.store(rvar_ptr + c, new_var.to(old_var.dtype), mask=cmask)
+            tl.store(rmean_ptr + c, cast_to(new_mean, old_mean.dtype), mask=cmask)
+            tl.store(rvar_ptr + c, cast_to(new_var, old_var.dtype), mask=cmask)
     else:
         z_mean = tl.load(rmean_ptr + c, mask=cmask, other=0.).to(tl.float32)
         z_var = tl.load(rvar_ptr + c, mask=cmask, other=1.).to(tl.float32)
@@ -121,10 +123,10 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, cfc_ptr, w_ptr, gate_ptr, bstat_ptr, co
         tl.store(coef_ptr + nc, grad_z * cfc0 / HW - mean * b, mask=mask)
         tl.store(coef_ptr + N * C + nc, b, mask=mask)
     out_type = pgrad_ptr.dtype.element_ty
-    tl.store(pgrad_ptr + 2 * c, grad_cfc0.to(out_type), mask=cmask)
-    tl.store(pgrad_ptr + 2 * c + 1, grad_cfc1.to(out_type), mask=cmask)
-    tl.store(pgrad_ptr + 2 * C + c, grad_bn_w.to(out_type), mask=cmask)
-    tl.store(pgrad_ptr + 3 * C + c, grad_bn_b.to(out_type), mask=cmask)
+    tl.store(pgrad_ptr + 2 * c, cast_to(grad_cfc0, out_type), mask=cmask)
+    tl.store(pgrad_ptr + 2 * c + 1, cast_to(grad_cfc1, out_type), mask=cmask)
+    tl.store(pgrad_ptr + 2 * C + c, cast_to(grad_bn_w, out_type), mask=cmask)
+    tl.store(pgrad_ptr + 3 * C + c, cast_to(grad_bn_b, out_type), mask=cmask)
 
 
 class SrmKernels(GateSpec):
