@@ -7,6 +7,11 @@ os.environ['HF_HUB_OFFLINE'] = '1'
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not torch.cuda.is_available():
+    # Without a GPU the fused Triton kernels (tests/kernels) run in Triton's interpreter, which Triton chooses when it
+    # is imported: before timm (which imports it) and timm_gct.
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
 import timm_gct  # noqa: E402,F401  registers the models before timm's test module builds its parameter lists
 
 

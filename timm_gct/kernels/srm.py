@@ -5,7 +5,9 @@ Per channel c: mu_nc and sigma_nc = sqrt(M2 / (HW - 1) + eps) from the map, z_nc
 then BatchNorm of z over the batch (batch statistics in training, with the running statistics and
 num_batches_tracked updated as ``nn.BatchNorm2d`` does; running statistics in eval) and the sigmoid. The BatchNorm
 couples the samples of a channel, so the small kernels work per block of channels over the whole batch, and write
-the parameter gradients (cfc, BN weight and bias) whole.
+the parameter gradients (cfc, BN weight and bias) whole. They do the BatchNorm's arithmetic in float64: over a small
+batch its backward cancels most of itself (with two samples, all but eps / (var + eps) of it), which float32 sums
+(CUDA's BatchNorm) lose and PyTorch's CPU BatchNorm, accumulating in float64, keeps. It is N x C values, not the map.
 """
 import torch
 import triton
@@ -24,12 +26,13 @@ _BLOCK_N = 16
 
 @triton.jit
 def _style(stat_ptr, cfc_ptr, n, c, mask, N, C, HW, n_split, hw_per_split, eps):
-    """The mean, the std and z = cfc_0 mean + cfc_1 std at (n, c)."""
+    """The mean, the std and z = cfc_0 mean + cfc_1 std at (n, c), in float64."""
     mean, m2 = merge_moments(stat_ptr, n[:, None], c[None, :], mask, N, C, n_split, HW, hw_per_split)
-    std = tl.sqrt(m2 / (HW - 1) + eps)
+    mean = mean.to(tl.float64)
+    std = tl.sqrt(m2.to(tl.float64) / (HW - 1) + eps)
     cmask = c < C
-    cfc0 = tl.load(cfc_ptr + 2 * c, mask=cmask, other=0.).to(tl.float32)[None, :]
-    cfc1 = tl.load(cfc_ptr + 2 * c + 1, mask=cmask, other=0.).to(tl.float32)[None, :]
+    cfc0 = tl.load(cfc_ptr + 2 * c, mask=cmask, other=0.).to(tl.float64)[None, :]
+    cfc1 = tl.load(cfc_ptr + 2 * c + 1, mask=cmask, other=0.).to(tl.float64)[None, :]
     return mean, std, tl.where(mask, cfc0 * mean + cfc1 * std, 0.)
 
 
@@ -41,14 +44,14 @@ def _gate_kernel(stat_ptr, cfc_ptr, w_ptr, b_ptr, rmean_ptr, rvar_ptr, count_ptr
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     if BATCH:  # mean and biased variance of z over the batch, two sweeps
-        total = tl.zeros([BLOCK_C], tl.float32)
+        total = tl.zeros([BLOCK_C], tl.float64)
         for n0 in range(0, N, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             mask = (n < N)[:, None] & cmask[None, :]
             _, _, z = _style(stat_ptr, cfc_ptr, n, c, mask, N, C, HW, n_split, hw_per_split, eps)
             total += tl.sum(z, axis=0)
         z_mean = total / N
-        total = tl.zeros([BLOCK_C], tl.float32)
+        total = tl.zeros([BLOCK_C], tl.float64)
         for n0 in range(0, N, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             mask = (n < N)[:, None] & cmask[None, :]
@@ -61,23 +64,23 @@ def _gate_kernel(stat_ptr, cfc_ptr, w_ptr, b_ptr, rmean_ptr, rvar_ptr, count_ptr
                 momentum = 1. / tl.load(count_ptr).to(tl.float32)
             old_mean = tl.load(rmean_ptr + c, mask=cmask, other=0.)
             old_var = tl.load(rvar_ptr + c, mask=cmask, other=0.)
-            new_mean = (1. - momentum) * old_mean.to(tl.float32) + momentum * z_mean
-            new_var = (1. - momentum) * old_var.to(tl.float32) + momentum * z_var * N / (N - 1)
+            new_mean = (1. - momentum) * old_mean.to(tl.float32) + momentum * z_mean.to(tl.float32)
+            new_var = (1. - momentum) * old_var.to(tl.float32) + momentum * (z_var * N / (N - 1)).to(tl.float32)
             tl.store(rmean_ptr + c, cast_to(new_mean, old_mean.dtype), mask=cmask)
             tl.store(rvar_ptr + c, cast_to(new_var, old_var.dtype), mask=cmask)
     else:
-        z_mean = tl.load(rmean_ptr + c, mask=cmask, other=0.).to(tl.float32)
-        z_var = tl.load(rvar_ptr + c, mask=cmask, other=1.).to(tl.float32)
+        z_mean = tl.load(rmean_ptr + c, mask=cmask, other=0.).to(tl.float64)
+        z_var = tl.load(rvar_ptr + c, mask=cmask, other=1.).to(tl.float64)
     rstd = 1. / tl.sqrt(z_var + bn_eps)
     tl.store(bstat_ptr + c, z_mean, mask=cmask)
     tl.store(bstat_ptr + C + c, rstd, mask=cmask)
-    scale = (tl.load(w_ptr + c, mask=cmask, other=0.).to(tl.float32) * rstd)[None, :]
-    shift = tl.load(b_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
+    scale = (tl.load(w_ptr + c, mask=cmask, other=0.).to(tl.float64) * rstd)[None, :]
+    shift = tl.load(b_ptr + c, mask=cmask, other=0.).to(tl.float64)[None, :]
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         mask = (n < N)[:, None] & cmask[None, :]
         _, _, z = _style(stat_ptr, cfc_ptr, n, c, mask, N, C, HW, n_split, hw_per_split, eps)
-        gate = tl.sigmoid((z - z_mean[None, :]) * scale + shift)
+        gate = tl.sigmoid(((z - z_mean[None, :]) * scale + shift).to(tl.float32))
         tl.store(gate_ptr + n[:, None] * C + c[None, :], gate, mask=mask)
 
 
@@ -89,27 +92,29 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, cfc_ptr, w_ptr, gate_ptr, bstat_ptr, co
     cmask = c < C
     z_mean = tl.load(bstat_ptr + c, mask=cmask, other=0.)[None, :]
     rstd = tl.load(bstat_ptr + C + c, mask=cmask, other=0.)[None, :]
-    grad_bn_w = tl.zeros([BLOCK_C], tl.float32)
-    grad_bn_b = tl.zeros([BLOCK_C], tl.float32)
+    grad_bn_w = tl.zeros([BLOCK_C], tl.float64)
+    grad_bn_b = tl.zeros([BLOCK_C], tl.float64)
     for n0 in range(0, N, BLOCK_N):  # dL/d(BN weight) = sum_n dL/dlogit zhat, dL/d(BN bias) = sum_n dL/dlogit
         n = n0 + tl.arange(0, BLOCK_N)
         mask = (n < N)[:, None] & cmask[None, :]
         _, _, z = _style(stat_ptr, cfc_ptr, n, c, mask, N, C, HW, n_split, hw_per_split, eps)
         gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.)
-        grad_logit = sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate)
+        grad_logit = (sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate)).to(
+            tl.float64)
         grad_bn_w += tl.sum(grad_logit * (z - z_mean) * rstd, axis=0)
         grad_bn_b += tl.sum(grad_logit, axis=0)
-    scale = tl.load(w_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :] * rstd
-    cfc0 = tl.load(cfc_ptr + 2 * c, mask=cmask, other=0.).to(tl.float32)[None, :]
-    cfc1 = tl.load(cfc_ptr + 2 * c + 1, mask=cmask, other=0.).to(tl.float32)[None, :]
-    grad_cfc0 = tl.zeros([BLOCK_C], tl.float32)
-    grad_cfc1 = tl.zeros([BLOCK_C], tl.float32)
+    scale = tl.load(w_ptr + c, mask=cmask, other=0.).to(tl.float64)[None, :] * rstd
+    cfc0 = tl.load(cfc_ptr + 2 * c, mask=cmask, other=0.).to(tl.float64)[None, :]
+    cfc1 = tl.load(cfc_ptr + 2 * c + 1, mask=cmask, other=0.).to(tl.float64)[None, :]
+    grad_cfc0 = tl.zeros([BLOCK_C], tl.float64)
+    grad_cfc1 = tl.zeros([BLOCK_C], tl.float64)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         mask = (n < N)[:, None] & cmask[None, :]
         mean, std, z = _style(stat_ptr, cfc_ptr, n, c, mask, N, C, HW, n_split, hw_per_split, eps)
         gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.)
-        grad_logit = sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate)
+        grad_logit = (sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate)).to(
+            tl.float64)
         if BATCH:  # BatchNorm backward through the batch statistics
             grad_z = scale * (grad_logit - grad_bn_b[None, :] / N - (z - z_mean) * rstd * grad_bn_w[None, :] / N)
         else:
@@ -120,13 +125,13 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, cfc_ptr, w_ptr, gate_ptr, bstat_ptr, co
         # dL/dx = g gate + dL/dmean / HW + dL/dstd (x - mean) / ((HW - 1) std): A + B x
         b = grad_z * cfc1 / ((HW - 1) * std)
         nc = n[:, None] * C + c[None, :]
-        tl.store(coef_ptr + nc, grad_z * cfc0 / HW - mean * b, mask=mask)
-        tl.store(coef_ptr + N * C + nc, b, mask=mask)
+        tl.store(coef_ptr + nc, (grad_z * cfc0 / HW - mean * b).to(tl.float32), mask=mask)
+        tl.store(coef_ptr + N * C + nc, b.to(tl.float32), mask=mask)
     out_type = pgrad_ptr.dtype.element_ty
-    tl.store(pgrad_ptr + 2 * c, cast_to(grad_cfc0, out_type), mask=cmask)
-    tl.store(pgrad_ptr + 2 * c + 1, cast_to(grad_cfc1, out_type), mask=cmask)
-    tl.store(pgrad_ptr + 2 * C + c, cast_to(grad_bn_w, out_type), mask=cmask)
-    tl.store(pgrad_ptr + 3 * C + c, cast_to(grad_bn_b, out_type), mask=cmask)
+    tl.store(pgrad_ptr + 2 * c, cast_to(grad_cfc0.to(tl.float32), out_type), mask=cmask)
+    tl.store(pgrad_ptr + 2 * c + 1, cast_to(grad_cfc1.to(tl.float32), out_type), mask=cmask)
+    tl.store(pgrad_ptr + 2 * C + c, cast_to(grad_bn_w.to(tl.float32), out_type), mask=cmask)
+    tl.store(pgrad_ptr + 3 * C + c, cast_to(grad_bn_b.to(tl.float32), out_type), mask=cmask)
 
 
 class SrmKernels(GateSpec):
@@ -142,7 +147,7 @@ class SrmKernels(GateSpec):
         n, c, h, w = x.shape
         stats, self.hw_per_split = reduce_map(x, MOMENTS.value, count=bn.counter)
         gate = torch.empty(n, c, device=x.device, dtype=torch.float32)
-        batch_stats = torch.empty(2, c, device=x.device, dtype=torch.float32)
+        batch_stats = torch.empty(2, c, device=x.device, dtype=torch.float64)
         block_c = small_block(c, 64)
         cumulative = bn.update and bn.counter is not None and bn.momentum is None
         launch(_gate_kernel, (triton.cdiv(c, block_c),), stats, cfc, weight, bias,
