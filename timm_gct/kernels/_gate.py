@@ -19,7 +19,7 @@ __all__ = ['BatchNormState', 'GateGrad', 'GateSpec', 'batchnorm_state', 'fused_g
 
 class GateGrad(NamedTuple):
     """What a mechanism's backward kernel hands the input-gradient pass."""
-    coef: torch.Tensor  # (2, N, C) float32 A and B of dL/dx = g * gate + A + B * phi(x); NAM: its rows
+    coef: torch.Tensor  # (2 or 3, N, C) float32 A, B (, center) of dL/dx = g gate + A + B phi(x); NAM: its rows
     term: int  # _maps.TERM_*
     has_a: bool = False
     weight: Optional[torch.Tensor] = None  # phi's (C, H, W) filter for TERM_FILTER

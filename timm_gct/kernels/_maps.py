@@ -28,7 +28,7 @@ import triton.language as tl
 
 __all__ = [
     'ABS', 'DOT', 'INTERPRETED', 'MOMENTS', 'NAM_GRAD', 'SQUARE', 'SUM', 'WEIGHTED', 'GATE_CHANNEL', 'GATE_NAM', 'TERM_NONE',
-    'TERM_X', 'TERM_SIGN', 'TERM_FILTER', 'TERM_NAM', 'NAM_ROWS', 'apply_map', 'grad_input_map', 'launch',
+    'TERM_X', 'TERM_SIGN', 'TERM_FILTER', 'TERM_CENTRED', 'TERM_NAM', 'NAM_ROWS', 'apply_map', 'grad_input_map', 'launch',
     'cast_to', 'map_strides', 'merge_moments', 'reduce_map', 'round_to', 'small_block', 'sum_splits',
 ]
 
@@ -43,12 +43,15 @@ NAM_GRAD: tl.constexpr = tl.constexpr(6)
 # How ``apply`` gates.
 GATE_CHANNEL: tl.constexpr = tl.constexpr(0)
 GATE_NAM: tl.constexpr = tl.constexpr(1)
-# Which term ``grad_input`` adds to g * gate: none (A only), B * x, B * sign(x), B * filter[c, h, w], or NAM's.
+# Which term ``grad_input`` adds to g * gate (+ A): none, B * x, B * sign(x), B * filter[c, h, w], B * (x - center)
+# (a centred term cancels nothing: A - B center + B x would, for a map whose values sit close to their mean), or
+# NAM's.
 TERM_NONE: tl.constexpr = tl.constexpr(0)
 TERM_X: tl.constexpr = tl.constexpr(1)
 TERM_SIGN: tl.constexpr = tl.constexpr(2)
 TERM_FILTER: tl.constexpr = tl.constexpr(3)
-TERM_NAM: tl.constexpr = tl.constexpr(4)
+TERM_CENTRED: tl.constexpr = tl.constexpr(4)
+TERM_NAM: tl.constexpr = tl.constexpr(5)
 # NAM's per-channel float32 rows: the gate's affine a, b (BN scale and shift times w), the batch mean and 1/std,
 # and its backward's scale k and the two gradient means.
 NAM_ROWS = 7
@@ -354,6 +357,8 @@ def _grad_input_kernel(
                     grad += b * x
                 elif TERM == TERM_SIGN:
                     grad += b * tl.where(x > 0, 1., tl.where(x < 0, -1., 0.))
+                elif TERM == TERM_CENTRED:
+                    grad += b * (x - tl.load(coef_ptr + 2 * N * C + nc, mask=cmask, other=0.)[:, None])
                 else:
                     grad += b * tl.load(w_ptr + c64 * swc + hw[None, :] * swhw, mask=mask, other=0.).to(tl.float32)
         tl.store(out_ptr + n64 * son + c64 * soc + hw[None, :] * sohw, cast_to(grad, out_ptr.dtype.element_ty),
@@ -383,7 +388,7 @@ def grad_input_map(
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """dL/dx (in x's dtype and memory format) and, from ``partials`` (R, P) float32, the summed parameter gradients
     (P,) in ``param_dtype``, in one launch. ``coef``: (2, N, C) float32 A and B for the channel gates, NAM's rows for
-    TERM_NAM; ``weight``: the (C, H, W) filter of TERM_FILTER."""
+    TERM_NAM (a third row, the center, for TERM_CENTRED); ``weight``: the (C, H, W) filter of TERM_FILTER."""
     n, c, h, w = x.shape
     block_c, block_hw, warps = _tile(x)
     g = _like(g, x)

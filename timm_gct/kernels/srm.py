@@ -16,7 +16,7 @@ import triton.language as tl
 from ..layers.srm import style_gate
 from ._gate import BatchNormState, GateGrad, GateSpec, or_placeholder
 from ._maps import (
-    DOT, MOMENTS, TERM_X, cast_to, launch, merge_moments, reduce_map, small_block, sum_splits,
+    DOT, MOMENTS, TERM_CENTRED, cast_to, launch, merge_moments, reduce_map, small_block, sum_splits,
 )
 
 __all__ = ['SrmKernels']
@@ -122,11 +122,11 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, cfc_ptr, w_ptr, gate_ptr, bstat_ptr, co
         grad_z = tl.where(mask, grad_z, 0.)
         grad_cfc0 += tl.sum(grad_z * mean, axis=0)
         grad_cfc1 += tl.sum(grad_z * std, axis=0)
-        # dL/dx = g gate + dL/dmean / HW + dL/dstd (x - mean) / ((HW - 1) std): A + B x
-        b = grad_z * cfc1 / ((HW - 1) * std)
+        # dL/dx = g gate + dL/dmean / HW + dL/dstd (x - mean) / ((HW - 1) std): A + B (x - center)
         nc = n[:, None] * C + c[None, :]
-        tl.store(coef_ptr + nc, (grad_z * cfc0 / HW - mean * b).to(tl.float32), mask=mask)
-        tl.store(coef_ptr + N * C + nc, b.to(tl.float32), mask=mask)
+        tl.store(coef_ptr + nc, (grad_z * cfc0 / HW).to(tl.float32), mask=mask)
+        tl.store(coef_ptr + N * C + nc, (grad_z * cfc1 / ((HW - 1) * std)).to(tl.float32), mask=mask)
+        tl.store(coef_ptr + 2 * N * C + nc, mean.to(tl.float32), mask=mask)
     out_type = pgrad_ptr.dtype.element_ty
     tl.store(pgrad_ptr + 2 * c, cast_to(grad_cfc0.to(tl.float32), out_type), mask=cmask)
     tl.store(pgrad_ptr + 2 * c + 1, cast_to(grad_cfc1.to(tl.float32), out_type), mask=cmask)
@@ -162,13 +162,13 @@ class SrmKernels(GateSpec):
         stats, batch_stats = saved
         n, c, h, w = x.shape
         dots, _ = reduce_map(x, DOT.value, g=grad)
-        coef = torch.empty(2, n, c, device=x.device, dtype=torch.float32)
+        coef = torch.empty(3, n, c, device=x.device, dtype=torch.float32)
         param_grads = torch.empty(4 * c, device=x.device, dtype=cfc.dtype)
         block_c = small_block(c, 64)
         launch(_gate_grad_kernel, (triton.cdiv(c, block_c),), stats, dots, cfc, weight, gate, batch_stats, coef,
                param_grads, n, c, h * w, stats.shape[-1], self.hw_per_split, self.eps,
                BATCH=self.bn.batch_stats, BLOCK_N=_BLOCK_N, BLOCK_C=block_c)
-        return GateGrad(coef, TERM_X.value, has_a=True, param_grads=param_grads)
+        return GateGrad(coef, TERM_CENTRED.value, has_a=True, param_grads=param_grads)
 
     def formula(self, x, cfc, weight, bias):
         bn = self.bn

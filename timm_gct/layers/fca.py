@@ -196,11 +196,15 @@ class MultiSpectralAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and use_triton(x) and type(self.fc[1]) is nn.ReLU:
+        if not torch.jit.is_scripting() and self._fusable(x):
             return self._fused(x)
         B, C, H, W = x.shape
         y = self.dct_layer(_pool_to_dct_size(x, self.dct_size))
         return apply_gate(x, self.fc(y.to(x.dtype)).reshape(B, C, 1, 1), self.inplace)
+
+    @torch.jit.unused
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return use_triton(x) and type(self.fc[1]) is nn.ReLU  # the kernel's excitation has the default ReLU
 
     @torch.jit.unused
     def _fused(self, x: torch.Tensor) -> torch.Tensor:

@@ -206,7 +206,7 @@ class NormalizationAttention(nn.Module):
         self._register_sparsity_hook()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and use_triton(x) and type(self.bn) is nn.BatchNorm2d:
+        if not torch.jit.is_scripting() and self._fusable(x):
             return self._fused(x)
         weight = _channel_weight(self.bn.weight)
         if not isinstance(self.bn, nn.BatchNorm2d):
@@ -224,6 +224,10 @@ class NormalizationAttention(nn.Module):
         return _normalization_gate(
             x, bn.running_mean if keep else None, bn.running_var if keep else None, bn.weight * weight,
             bn.bias * weight, batch_stats, momentum, bn.eps, self.inplace)
+
+    @torch.jit.unused
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return use_triton(x) and type(self.bn) is nn.BatchNorm2d  # a SyncBatchNorm or frozen one runs its own forward
 
     @torch.jit.unused
     def _fused(self, x: torch.Tensor) -> torch.Tensor:

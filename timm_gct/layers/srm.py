@@ -167,11 +167,15 @@ class StyleRecalibration(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_min_spatial(x, 2, 'StyleRecalibration', 'the unbiased variance over H x W of one value is 0 / 0')
         x = check_batch_for_batchnorm(x, self.training, 'StyleRecalibration')
-        if not torch.jit.is_scripting() and use_triton(x) and type(self.bn) is nn.BatchNorm2d:
+        if not torch.jit.is_scripting() and self._fusable(x):
             return self._fused(x)
         # z is float32 (or float64) until _integrate casts it: the BN runs in the parameters' dtype, as officially.
         gate = torch.sigmoid(self.bn(_integrate(_style_pool(x, self.eps), self.cfc)))
         return apply_gate(x, gate, self.inplace)
+
+    @torch.jit.unused
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return use_triton(x) and type(self.bn) is nn.BatchNorm2d  # a SyncBatchNorm or frozen one runs its own forward
 
     @torch.jit.unused
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
