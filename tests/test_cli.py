@@ -1,4 +1,5 @@
-""" The timm-gct command: list (numbers measured from the models) and run (scripts with the plugin imported). """
+""" The timm-gct command: list (numbers measured from the models, read from a table) and run (scripts with the plugin
+imported). """
 import csv
 import io
 import json
@@ -6,15 +7,19 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
+import timm_gct
 from timm_gct.cli import main
 from timm_gct.layers import GlobalContextBlock
 from timm_gct.stats import ModelStats, measure, plain_twin
+from timm_gct.stats_table import SHIPPED_TABLE, cache_file, read_table
 
 
 def _run_cli(capsys, *argv):
@@ -23,22 +28,98 @@ def _run_cli(capsys, *argv):
     return code, out, err
 
 
-def test_list_prints_every_registered_model(capsys, monkeypatch):
-    # Measuring all ~100 models takes ~40 s here; the numbers are checked against the models in the tests below.
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Every test gets an empty user cache: none reads or writes the real ~/.cache/timm_gct."""
+    monkeypatch.setenv('TIMM_GCT_CACHE_DIR', str(tmp_path / 'cache'))
+
+
+def _fake_stats(name):
+    return ModelStats(name, 'GCT', (1, 2, 3, 4), 16, 25_000_000, 24_000_000, 4_100_000_000, (3, 224, 224))
+
+
+def test_list_measure_prints_every_registered_model(capsys, monkeypatch):
     measured = []
-
-    def fake_measure(name):
-        measured.append(name)
-        return ModelStats(name, 'GCT', (1, 2, 3, 4), 16, 25_000_000, 24_000_000, 4_100_000_000, (3, 224, 224))
-
-    monkeypatch.setattr('timm_gct.cli.measure', fake_measure)
-    code, out, _ = _run_cli(capsys, 'list')
+    monkeypatch.setattr('timm_gct.cli.measure', lambda name: measured.append(name) or _fake_stats(name))
+    code, out, _ = _run_cli(capsys, 'list', '--measure')
     assert code == 0
     lines = out.splitlines()
     assert 'model' in lines[1] and 'GMACs' in lines[1]
     listed = [line.split()[0] for line in lines[2:]]
     assert listed == measured == timm.list_models(module=['attn_resnet', 'gct_official'])
     assert lines[2].split()[1:] == ['GCT', '1,2,3,4', '16', '25.00', '+1,000,000', '4.10', '224x224']
+
+
+def _no_building(*args, **kwargs):
+    raise AssertionError('timm-gct list built a model')
+
+
+def test_list_reads_the_shipped_table_without_building_a_model(capsys, monkeypatch):
+    shipped_versions, shipped = read_table(SHIPPED_TABLE)
+    monkeypatch.setattr('timm_gct.stats_table.stats_versions', lambda: shipped_versions)
+    monkeypatch.setattr(timm, 'create_model', _no_building)
+    code, out, err = _run_cli(capsys, 'list', '--format', 'json')
+    assert code == 0 and err == ''
+    names = timm.list_models(module=['attn_resnet', 'gct_official'])
+    expected = [dict(asdict(shipped[n]), added_params=shipped[n].added_params) for n in names]
+    assert json.loads(out) == json.loads(json.dumps(expected))
+
+
+def test_shipped_table_equals_the_measured_figures_of_every_model():
+    # ~25 s: every registered model built on the meta device and counted, as `timm-gct list --measure` does.
+    _, shipped = read_table(SHIPPED_TABLE)
+    names = timm.list_models(module=['attn_resnet', 'gct_official'])
+    assert sorted(shipped) == sorted(names)
+    wrong = [n for n in names if shipped[n] != measure(n)]
+    assert not wrong, f'stale figures for {wrong}: regenerate the table with `python -m timm_gct.stats_table`'
+
+
+def test_shipped_table_is_for_the_versions_ci_pins():
+    pins = dict(line.split('==') for line in
+                (Path(__file__).parents[1] / '.ci' / 'constraints.txt').read_text().splitlines()
+                if '==' in line and not line.startswith('#'))
+    versions, _ = read_table(SHIPPED_TABLE)
+    assert versions == {'timm_gct': timm_gct.__version__, 'timm': pins['timm'], 'torch': pins['torch']}
+
+
+_SMALL = ('resnet18_cifar', 'gct_resnet18_cifar')
+
+
+def test_list_with_other_versions_measures_once_then_reads_the_cache(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr('timm_gct.stats_table.SHIPPED_TABLE', tmp_path / 'none.json')
+    code, first, err = _run_cli(capsys, 'list', *_SMALL)
+    assert code == 0 and 'measuring 2 models' in err and str(cache_file()) in err
+    assert cache_file().parent == tmp_path / 'cache'
+    assert set(read_table(cache_file())[1]) == set(_SMALL)
+
+    with monkeypatch.context() as m:
+        m.setattr(timm, 'create_model', _no_building)
+        code, again, err = _run_cli(capsys, 'list', *_SMALL)
+    assert code == 0 and err == '' and again == first
+
+    old_cache = cache_file()
+    monkeypatch.setattr(timm, '__version__', '1.0.99')  # a new timm: the old one's figures do not apply
+    code, _, err = _run_cli(capsys, 'list', 'gct_resnet18_cifar')
+    assert code == 0 and 'measuring 1 model for' in err and 'timm 1.0.99' in err
+    assert sorted((tmp_path / 'cache').iterdir()) == sorted([old_cache, cache_file()])
+
+
+def test_list_without_a_writable_cache_still_prints(capsys, monkeypatch, tmp_path):
+    (tmp_path / 'file').write_text('')
+    monkeypatch.setenv('TIMM_GCT_CACHE_DIR', str(tmp_path / 'file' / 'cache'))  # unwritable, even for root
+    monkeypatch.setattr('timm_gct.stats_table.SHIPPED_TABLE', tmp_path / 'none.json')
+    code, out, err = _run_cli(capsys, 'list', 'gct_resnet18_cifar', '--format', 'csv')
+    assert code == 0 and 'gct_resnet18_cifar,GCT' in out
+    assert 'could not cache them' in err and 'TIMM_GCT_CACHE_DIR' in err
+
+
+def test_list_measures_again_over_a_damaged_cache(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr('timm_gct.stats_table.SHIPPED_TABLE', tmp_path / 'none.json')
+    cache_file().parent.mkdir(parents=True)
+    cache_file().write_text('{"versions": {"timm_gct": "0.1.0"')  # cut off mid-write by another tool
+    code, _, err = _run_cli(capsys, 'list', 'gct_resnet18_cifar')
+    assert code == 0 and 'measuring 1 model for' in err
+    assert list(read_table(cache_file())[1]) == ['gct_resnet18_cifar']
 
 
 def test_list_numbers_are_measured_from_the_models(capsys):

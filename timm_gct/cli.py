@@ -1,6 +1,6 @@
 """ The ``timm-gct`` command (also ``python -m timm_gct``).
 
-    timm-gct list [PATTERN ...] [--format table|csv|json]   registered models, measured from the models
+    timm-gct list [PATTERN ...] [--format table|csv|json] [--measure]   registered models: params, GMACs
     timm-gct run SCRIPT [ARGS ...]                         run a timm script (validate.py, ...) with timm_gct loaded
     timm-gct compare [--models a,b,c] [--dataset ...]     train a baseline and attention models side by side
     timm-gct card MODEL[.TAG] [--output FILE]              a Hugging Face model card for a registered model
@@ -34,6 +34,7 @@ from .hub import (
 from .inspection_cli import add_inspect_parser
 from .models import MODEL_MODULES
 from .stats import ModelStats, measure
+from .stats_table import cache_file, cached_stats, stats_versions, store_stats
 
 __all__ = ['main']
 
@@ -60,7 +61,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if not names:
             print(f'timm-gct list: no registered model matches {" ".join(args.patterns)}', file=sys.stderr)
             return 2
-    stats = [measure(n) for n in names]
+    stats = [measure(n) for n in names] if args.measure else _known_stats(names)
     if args.format == 'json':
         print(json.dumps([dict(asdict(s), added_params=s.added_params) for s in stats], indent=2))
         return 0
@@ -72,12 +73,31 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(
         f'timm_gct {timm_gct.__version__} (timm {timm.__version__}, torch {torch.__version__}): {len(stats)} models. '
-        'Params and GMACs are measured from each model at its default input size, batch 1; "added params" is '
+        'Params and GMACs are measured from each model at its default input size, batch 1 (once per version, then '
+        'read from a table; --measure measures them again); "added params" is '
         'against the plain ResNet of the same depth and stem (timm resnetN, or resnetN_cifar); "attn layers" '
         'counts distinct attention modules (DIA shares one per stage; the _official GCT ResNets have one before '
         'every conv, the stem\'s included).')
     print(text_table(_LIST_COLUMNS, rows, left=3))
     return 0
+
+
+def _known_stats(names: Sequence[str]) -> List[ModelStats]:
+    """Stats from the tables for the installed versions; models missing there are measured once and cached."""
+    known = cached_stats()
+    missing = [n for n in names if n not in known]
+    if missing:
+        versions = ', '.join(f'{k} {v}' for k, v in stats_versions().items())
+        print(f'timm-gct list: measuring {len(missing)} model{"s" * (len(missing) > 1)} for {versions} (a few tenths '
+              f'of a second each); later runs read the figures from {cache_file()}', file=sys.stderr)
+        measured = [measure(n) for n in missing]
+        try:
+            store_stats(measured)
+        except OSError as e:
+            print(f'timm-gct list: could not cache them ({e}); the next run measures them again (set '
+                  'TIMM_GCT_CACHE_DIR to a writable folder)', file=sys.stderr)
+        known.update((s.name, s) for s in measured)
+    return [known[n] for n in names]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -281,9 +301,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--version', action='version', version=f'timm_gct {timm_gct.__version__}')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
-    p = sub.add_parser('list', help='list the registered models with measured params and GMACs')
+    p = sub.add_parser(
+        'list', help='list the registered models with measured params and GMACs',
+        description='List the registered models with their params, added params against the plain ResNet, GMACs '
+                    'and attention layers. The figures were measured from the models once for these timm_gct, timm '
+                    'and torch versions and are read from a table (shipped with the package, or cached in '
+                    f'{cache_file().parent}; TIMM_GCT_CACHE_DIR moves it).')
     p.add_argument('patterns', nargs='*', metavar='PATTERN', help="fnmatch patterns, e.g. 'gct_*'")
     p.add_argument('--format', choices=('table', 'csv', 'json'), default='table')
+    p.add_argument('--measure', action='store_true',
+                   help='build every listed model on the meta device and measure it again (about 0.25 s each) '
+                        'instead of reading the table')
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser(

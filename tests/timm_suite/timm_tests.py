@@ -1,7 +1,8 @@
 """ Locate timm's ``tests/test_models.py`` for the installed timm version.
 
 The file ships in timm's sdist (not in the wheel). ``TIMM_TESTS_DIR`` may point at a directory holding it; otherwise
-the sdist of the installed version is fetched once with pip and cached under ``~/.cache/timm_gct``.
+the sdist of the installed version is fetched once with pip and cached under ``~/.cache/timm_gct`` (see
+``timm_gct._cache``: ``TIMM_GCT_CACHE_DIR`` moves it).
 """
 import importlib.util
 import os
@@ -14,12 +15,13 @@ from types import ModuleType
 
 import timm
 
+from timm_gct._cache import cache_dir
+
 __all__ = ['load_timm_test_models']
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return Path(base) / 'timm_gct' / f'timm-{timm.__version__}-tests'
+    return cache_dir() / f'timm-{timm.__version__}-tests'
 
 
 def _fetch_sdist_tests(dest: Path) -> None:
