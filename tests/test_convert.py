@@ -16,6 +16,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 
@@ -393,3 +394,40 @@ def test_official_tag_mismatch_names_the_keys(fca34_release, fca_net):
                                          r'layer4\.2\.att\.dct_layer\.weight \(1 in all\)'):
         load({**official, 'layer4.2.att.dct_layer.weight': torch.rand(512, 7, 7)})
 
+
+def test_republishing_the_release_keeps_its_provenance(fca34_release, tmp_path, monkeypatch, capsys):
+    """convert --repo-id, and push --model with the release's tag, compare the weights with the release (timm's
+    loader, here from its cache): the same tensors keep the release's provenance, changed ones do not."""
+    _, path = fca34_release
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    (tmp_path / 'torch' / 'hub' / 'checkpoints').mkdir(parents=True)
+    (tmp_path / 'torch' / 'hub' / 'checkpoints' / 'fca34.pth').symlink_to(path)
+    tag = 'fca_resnet34.official_in1k'
+    converted = tmp_path / 'converted'
+    assert main(['convert', str(path), '--save-dir', str(converted), '--repo-id', f'me/{tag}']) == 0
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    pushed = tmp_path / 'pushed'
+    assert main(['push', str(converted / 'model.safetensors'), '--model', tag, '--repo-id', f'me/{tag}',
+                 '--save-dir', str(pushed)]) == 0
+    assert 'note:' not in capsys.readouterr().err
+    for folder, how in ((converted, f'converted with `timm-gct convert` from `fca34.pth` (sha256 {sha})'),
+                        (pushed, 'published with `timm-gct push` from `model.safetensors`')):
+        cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+        assert cfg['license'] == 'mit' and cfg['origin_url'] == 'https://github.com/cfzd/FcaNet'
+        assert cfg['notes'] == list(timm.get_pretrained_cfg(tag).notes) and cfg['tag'] == 'official_in1k'
+        card = (folder / 'README.md').read_text()
+        assert f'These files were {how}; every tensor equals the release' in card and 'license: mit' in card
+        assert '| `fca_resnet34.official_in1k` | 75.07 | 75.02 |' in card
+    # This package's own layout passes the tag's filter unchanged.
+    reloaded = timm.create_model(f'local-dir:{pushed}', pretrained=True).state_dict()
+    assert all(torch.equal(reloaded[k.replace('.att.', '.se.')], v) for k, v in torch.load(path).items())
+
+    changed = load_file(converted / 'model.safetensors')
+    changed['fc.bias'] += 1
+    save_file(changed, tmp_path / 'ft.safetensors')
+    assert main(['push', str(tmp_path / 'ft.safetensors'), '--model', tag, '--repo-id', 'me/ft',
+                 '--save-dir', str(tmp_path / 'ft')]) == 0
+    assert f'note: the weights differ from the release of {tag}: fc.bias (1 in all)' in capsys.readouterr().err
+    card = (tmp_path / 'ft' / 'README.md').read_text()
+    assert 'published by the uploader' in card and 'every tensor equals the release' not in card
+    assert 'origin_url' not in json.loads((tmp_path / 'ft' / 'config.json').read_text())['pretrained_cfg']
