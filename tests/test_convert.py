@@ -357,7 +357,7 @@ def test_default_tag_downloads_the_release_through_timms_cache(fca34_release, tm
     assert all(torch.equal(own[k.replace('.att.', '.se.')], v) for k, v in torch.load(path).items())
 
 
-@pytest.mark.parametrize('kwargs', [dict(num_classes=100, in_chans=1), dict(features_only=True)])
+@pytest.mark.parametrize('kwargs', [dict(num_classes=100, in_chans=1), dict(num_classes=0), dict(features_only=True)])
 def test_official_tag_adapts_like_timms_tags(fca34_release, kwargs):
     net, path = fca34_release
     model = _load_tag(pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
@@ -366,6 +366,8 @@ def test_official_tag_adapts_like_timms_tags(fca34_release, kwargs):
             features = model(X)
             assert len(features) == 5
             torch.testing.assert_close(features[-1], _official_features(net, X), rtol=1e-10, atol=1e-10)
+        elif kwargs['num_classes'] == 0:  # the embedding: no classifier in the model, the file's is dropped
+            torch.testing.assert_close(model(X), _official_features(net, X).mean((2, 3)), rtol=1e-10, atol=1e-10)
         else:
             # For one input channel timm sums the file's (float32) RGB stem filters.
             stem = net.conv1.weight.float().sum(dim=1, keepdim=True).double()
