@@ -1,4 +1,6 @@
-""" timm_gct.convert: official checkpoints, written here in each official layout and container, load into our models.
+""" timm_gct.convert: official checkpoints, written here in each official layout and container, load into our models;
+FcaNet's release loads through the fca_resnet*.official_in1k tags (checkpoint_filter_fn in timm's own loader) and
+keeps its provenance when re-published with `timm-gct convert` / `push`.
 
 Each reference network is written from the official code (FcaNet and ECA-Net blocks on torchvision's ResNet, as
 cfzd/FcaNet model/fcanet.py does and as BangguWu/ECANet models/eca_resnet.py mirrors; the GCT ResNet from
@@ -13,6 +15,8 @@ from functools import lru_cache
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 
@@ -94,8 +98,8 @@ class EcaBasicBlock(_OfficialBasicBlock):
         return OfficialEcaLayer(ECA18_KERNELS[planes])
 
 
-def _official_resnet18(block, seed):
-    net = TorchvisionResNet(block, [2, 2, 2, 2]).double()
+def _official_resnet(block, seed, layers=(2, 2, 2, 2)):
+    net = TorchvisionResNet(block, list(layers)).double()
     return randomize(net, seed=seed, scale=0.2).eval()  # randomize keeps the DCT buffers
 
 
@@ -110,12 +114,12 @@ def _ddp_container(state_dict, acc_key):
 
 @pytest.fixture(scope='module')
 def fca_net():
-    return _official_resnet18(FcaBasicBlock, seed=1)
+    return _official_resnet(FcaBasicBlock, seed=1)
 
 
 @pytest.fixture(scope='module')
 def eca_net():
-    return _official_resnet18(EcaBasicBlock, seed=2)
+    return _official_resnet(EcaBasicBlock, seed=2)
 
 
 @pytest.fixture(scope='module')
@@ -306,3 +310,126 @@ def test_cli_convert_errors_are_one_line(tmp_path, capsys):
     assert main(['convert', str(tmp_path / 'other.pth'), '--save-dir', str(tmp_path / 'x')]) == 2
     err = capsys.readouterr().err
     assert err.startswith('timm-gct convert: error:') and err.count('\n') == 1 and not (tmp_path / 'x').exists()
+
+
+# -- FcaNet's release as the tags fca_resnet{34,50,101,152}.official_in1k ------------------------------------------
+
+@pytest.fixture(scope='module')
+def fca34_release(tmp_path_factory):
+    """An official FcaNet-34 saved as the release is (a plain float32 state dict, fca34.pth) and the same network
+    in float64 holding those float32 values."""
+    net = _official_resnet(FcaBasicBlock, seed=3, layers=(3, 4, 6, 3)).float()
+    path = tmp_path_factory.mktemp('release') / 'fca34.pth'
+    torch.save(net.state_dict(), path)
+    return net.double(), path
+
+
+def _official_features(net, x, conv1_weight=None):
+    """The official network's stage-4 map (torchvision ResNet.forward up to layer4), optionally with another stem
+    conv weight."""
+    x = F.conv2d(x, net.conv1.weight if conv1_weight is None else conv1_weight, stride=2, padding=3)
+    x = net.maxpool(net.relu(net.bn1(x)))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+def _load_tag(name='fca_resnet34.official_in1k', **kwargs):
+    return timm.create_model(name, pretrained=True, **kwargs).double().eval()
+
+
+def test_official_tag_reproduces_the_official_network(fca34_release):
+    net, path = fca34_release
+    model = _load_tag(pretrained_cfg_overlay=dict(file=str(path)))
+    with torch.no_grad():
+        expected = net(X)
+        assert expected.std() > 1e-3
+        torch.testing.assert_close(model(X), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_default_tag_downloads_the_release_through_timms_cache(fca34_release, tmp_path, monkeypatch):
+    """pretrained=True without a tag: the release URL through timm's loader, served from torch.hub's cache."""
+    _, path = fca34_release
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    (tmp_path / 'hub' / 'checkpoints').mkdir(parents=True)
+    (tmp_path / 'hub' / 'checkpoints' / 'fca34.pth').symlink_to(path)  # the URL's file name
+    model = timm.create_model('fca_resnet34', pretrained=True)
+    assert model.pretrained_cfg['tag'] == 'official_in1k'
+    own = model.state_dict()
+    assert all(torch.equal(own[k.replace('.att.', '.se.')], v) for k, v in torch.load(path).items())
+
+
+@pytest.mark.parametrize('kwargs', [dict(num_classes=100, in_chans=1), dict(num_classes=0), dict(features_only=True)])
+def test_official_tag_adapts_like_timms_tags(fca34_release, kwargs):
+    net, path = fca34_release
+    model = _load_tag(pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    with torch.no_grad():
+        if 'features_only' in kwargs:
+            features = model(X)
+            assert len(features) == 5
+            torch.testing.assert_close(features[-1], _official_features(net, X), rtol=1e-10, atol=1e-10)
+        elif kwargs['num_classes'] == 0:  # the embedding: no classifier in the model, the file's is dropped
+            torch.testing.assert_close(model(X), _official_features(net, X).mean((2, 3)), rtol=1e-10, atol=1e-10)
+        else:
+            # For one input channel timm sums the file's (float32) RGB stem filters.
+            stem = net.conv1.weight.float().sum(dim=1, keepdim=True).double()
+            assert model.fc.out_features == 100
+            torch.testing.assert_close(
+                model.forward_features(X[:, :1]), _official_features(net, X[:, :1], stem), rtol=1e-10, atol=1e-10)
+
+
+def test_official_tag_mismatch_names_the_keys(fca34_release, fca_net):
+    official = {k: v.float() if v.is_floating_point() else v for k, v in fca34_release[0].state_dict().items()}
+
+    def load(state_dict, **kwargs):
+        timm.create_model(
+            'fca_resnet34.official_in1k', pretrained=True, pretrained_cfg_overlay=dict(state_dict=state_dict), **kwargs)
+
+    with pytest.raises(ValueError, match=r'fca_resnet34 keys missing from the checkpoint: '
+                                         r'layer2\.1\.se\.fc\.0\.weight, layer2\.1\.se\.fc\.2\.weight \(2 in all\)'):
+        load({k: v for k, v in official.items() if not k.startswith('layer2.1.att.fc.')})
+    with pytest.raises(ValueError, match=r'shapes that differ from fca_resnet34: layer1\.0\.att\.fc\.0\.weight '
+                                         r'\(4, 64\) \(expected \(8, 64\)\)'):
+        load(official, attn_kwargs={'reduction': 8})  # checked against the model as built
+    with pytest.raises(ValueError, match=r"model_name='fca_resnet34' does not match the checkpoint, whose keys are "
+                                         r"the official FcaNet layout of 'fca_resnet18'"):
+        load(fca_net.state_dict())
+    with pytest.raises(ValueError, match=r"DCT filters that are not the fixed 'top16' DCT filter: "
+                                         r'layer4\.2\.att\.dct_layer\.weight \(1 in all\)'):
+        load({**official, 'layer4.2.att.dct_layer.weight': torch.rand(512, 7, 7)})
+
+
+def test_republishing_the_release_keeps_its_provenance(fca34_release, tmp_path, monkeypatch, capsys):
+    """convert --repo-id, and push --model with the release's tag, compare the weights with the release (timm's
+    loader, here from its cache): the same tensors keep the release's provenance, changed ones do not."""
+    _, path = fca34_release
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    (tmp_path / 'torch' / 'hub' / 'checkpoints').mkdir(parents=True)
+    (tmp_path / 'torch' / 'hub' / 'checkpoints' / 'fca34.pth').symlink_to(path)
+    tag = 'fca_resnet34.official_in1k'
+    converted = tmp_path / 'converted'
+    assert main(['convert', str(path), '--save-dir', str(converted), '--repo-id', f'me/{tag}']) == 0
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    pushed = tmp_path / 'pushed'
+    assert main(['push', str(converted / 'model.safetensors'), '--model', tag, '--repo-id', f'me/{tag}',
+                 '--save-dir', str(pushed)]) == 0
+    assert 'note:' not in capsys.readouterr().err
+    for folder, how in ((converted, f'converted with `timm-gct convert` from `fca34.pth` (sha256 {sha})'),
+                        (pushed, 'published with `timm-gct push` from `model.safetensors`')):
+        cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+        assert cfg['license'] == 'mit' and cfg['origin_url'] == 'https://github.com/cfzd/FcaNet'
+        assert cfg['notes'] == list(timm.get_pretrained_cfg(tag).notes) and cfg['tag'] == 'official_in1k'
+        card = (folder / 'README.md').read_text()
+        assert f'These files were {how}; every tensor equals the release' in card and 'license: mit' in card
+        assert '| `fca_resnet34.official_in1k` | 75.07 | 75.02 |' in card
+    # This package's own layout passes the tag's filter unchanged.
+    reloaded = timm.create_model(f'local-dir:{pushed}', pretrained=True).state_dict()
+    assert all(torch.equal(reloaded[k.replace('.att.', '.se.')], v) for k, v in torch.load(path).items())
+
+    changed = load_file(converted / 'model.safetensors')
+    changed['fc.bias'] += 1
+    save_file(changed, tmp_path / 'ft.safetensors')
+    assert main(['push', str(tmp_path / 'ft.safetensors'), '--model', tag, '--repo-id', 'me/ft',
+                 '--save-dir', str(tmp_path / 'ft')]) == 0
+    assert f'note: the weights differ from the release of {tag}: fc.bias (1 in all)' in capsys.readouterr().err
+    card = (tmp_path / 'ft' / 'README.md').read_text()
+    assert 'published by the uploader' in card and 'every tensor equals the release' not in card
+    assert 'origin_url' not in json.loads((tmp_path / 'ft' / 'config.json').read_text())['pretrained_cfg']

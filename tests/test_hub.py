@@ -91,6 +91,21 @@ def test_resnet_weights_card_says_what_the_weights_are():
     assert numbers <= {'0.875', '76.156', '92.866'}, numbers
 
 
+def test_release_card_says_what_the_weights_are(capsys):
+    assert main(['card', 'fca_resnet50']) == 0  # the default tag: the authors' release
+    card = capsys.readouterr().out
+    assert '# Model card for fca_resnet50.official_in1k' in card
+    assert _front_matter(card)['license'] == 'mit' and _front_matter(card)['datasets'] == ['imagenet-1k']
+    assert "The FcaNet authors' ImageNet-1k weights for FcaNet ResNet-50, from their release " \
+           '(`https://github.com/cfzd/FcaNet/releases/download/v1.0/fca50.pth`' in card
+    assert "timm.create_model('fca_resnet50.official_in1k', pretrained=True)" in card
+    data = hub.card_data('releases')
+    assert set(data) == {'fca'} and data['fca']['code'] in card and data['fca']['training'].strip() in card
+    results = card[card.index('## Results'):card.index('## Citation')]
+    assert 'https://github.com/cfzd/FcaNet/blob/aa5fb63505575bb4e4e094613565379c3f6ada33/README.md' in results
+    assert set(re.findall(r'\d+\.\d+', results)) == {'78.52', '78.57'}
+
+
 def test_a1_card_cites_resnet_strikes_back():
     name = 'gc_resnet50.resnet_a1_in1k_attn_identity'
     card = hub.render_card(_meta(name), name)

@@ -18,10 +18,11 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import timm
 import torch
+from timm.models import split_model_name_tag
 
 import timm_gct
 from ._text import text_table
@@ -29,10 +30,10 @@ from .bench.cli import add_bench_parser
 from .compare import DEFAULT_MODELS, SCHEDULES, CompareConfig, CompareError, compare
 from .convert import SUPPORTED, convert_checkpoint, supported_text
 from .hub import (
-    CardError, build_from_checkpoint, converted_weights, load_train_checkpoint, push_to_hub, render_card,
-    save_pretrained, trained_weights)
+    CardError, Weights, build_from_checkpoint, converted_from, converted_weights, load_train_checkpoint, push_to_hub,
+    render_card, republished_weights, save_pretrained, trained_weights)
 from .inspection_cli import add_inspect_parser
-from .models import MODEL_MODULES
+from .models import MODEL_MODULES, model_release
 from .stats import ModelStats, measure
 from .stats_table import cache_file, cached_stats, stats_versions, store_stats
 
@@ -215,6 +216,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
         model = build_from_checkpoint(args.model, checkpoint)
         data_config = timm.data.resolve_data_config(checkpoint.args, model=model) if checkpoint.args else None
         weights = trained_weights(checkpoint, args.checkpoint, args.dataset or ())
+        if split_model_name_tag(args.model)[1] and model_release(args.model):  # --model names an official release
+            weights = _republished(
+                'push', args.model, model.state_dict(), weights,
+                f'published with `timm-gct push` from `{Path(args.checkpoint).name}`')
         model_id = f'hf-hub:{args.repo_id}'
         if args.save_dir:
             folder = save_pretrained(model, args.save_dir, model_id, weights, data_config)
@@ -233,6 +238,17 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _republished(command: str, model_name: str, state_dict: Dict[str, torch.Tensor], fallback: Weights,
+                 how: str) -> Weights:
+    """The release's provenance for weights that are its tensors unchanged; otherwise ``fallback``, with a note why."""
+    try:
+        return republished_weights(model_name, state_dict, how)
+    except CardError as e:
+        print(f'timm-gct {command}: note: {e}; the card does not describe the weights as the release.',
+              file=sys.stderr)
+        return fallback
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     try:
         model_name, state_dict = convert_checkpoint(args.checkpoint, args.model)
@@ -244,7 +260,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     folder = Path(args.save_dir).resolve()
     source = next(s for s in SUPPORTED.values() if model_name in s.models)
     model_id = f'hf-hub:{args.repo_id}' if args.repo_id else f'local-dir:{folder}'
-    save_pretrained(model.eval(), str(folder), model_id, converted_weights(model_name, args.checkpoint, source))
+    weights = converted_weights(model_name, args.checkpoint, source)
+    if args.repo_id and model_release(model_name):  # to be published: the release's provenance if it is the release
+        weights = _republished('convert', model_name, state_dict, weights, converted_from(args.checkpoint))
+    save_pretrained(model.eval(), str(folder), model_id, weights)
     files = ', '.join(sorted(p.name for p in folder.iterdir()))
     upload = f'upload it unchanged with `hf upload {args.repo_id} {folder}`' if args.repo_id else \
         'pass --repo-id ORG/NAME for a card that loads it from the Hub'
@@ -270,7 +289,10 @@ def _add_hub_parsers(sub: argparse._SubParsersAction) -> None:
                     "--save-dir. Load the result with timm.create_model('hf-hub:ORG/NAME', pretrained=True) after "
                     '`import timm_gct`. Uploading needs a Hub token (hf auth login, or HF_TOKEN).')
     p.add_argument('checkpoint', metavar='CHECKPOINT')
-    p.add_argument('--model', required=True, help='the registered model the checkpoint was trained as')
+    p.add_argument('--model', required=True,
+                   help='the registered model the checkpoint was trained as; with an official release\'s tag (e.g. '
+                        'fca_resnet50.official_in1k) the weights are compared with that release, and the card keeps '
+                        'its provenance when they are the same tensors')
     p.add_argument('--repo-id', required=True, metavar='ORG/NAME.TAG',
                    help='Hub repository, e.g. org/gct_resnet50.ft_in1k')
     p.add_argument('--private', action='store_true', help='create the repository as private (a new one only)')
@@ -292,7 +314,9 @@ def _add_hub_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--save-dir', required=True, help='output folder (a timm local-dir: model)')
     p.add_argument('--model', default=None, help='expected model (default: detected from the keys)')
     p.add_argument('--repo-id', default=None, metavar='ORG/NAME',
-                   help='the Hub repository the folder is meant for: the card\'s snippets load from it')
+                   help='the Hub repository the folder is meant for: the card\'s snippets load from it; for a model '
+                        'with an official release (FcaNet), the weights are compared with it (timm\'s loader: its '
+                        'cache or a download) and the card keeps its provenance when they are the same tensors')
     p.set_defaults(func=_cmd_convert)
 
 

@@ -4,7 +4,9 @@
 (``{'state_dict': ...}`` or ``{'model': ...}``) and the ``module.`` prefix of (Distributed)DataParallel, detects the
 layout from the keys, infers the depth from the block counts of ``layer1``-``layer4``, and returns the registered
 model name and a state dict in that model's key layout, checked key by key and shape by shape against the model.
-Nothing is written; saving is the caller's job.
+Nothing is written; saving is the caller's job. ``checkpoint_filter_fn`` is the same conversion as timm's
+``pretrained_filter_fn``, checked against the model being built: the models with an official release (FcaNet's
+``fca_resnet{34,50,101,152}.official_in1k``) load the authors' file through timm's own loader with it.
 
 Supported checkpoints:
 
@@ -38,16 +40,19 @@ as ``BatchNorm2d`` does when it loads such a state dict.
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
+from torch import nn
 
 from ._safe_load import safe_torch_load
 from ._text import few
 from .layers.fca import dct_filter
 
-__all__ = ['OfficialSource', 'SUPPORTED', 'convert_checkpoint', 'convert_state_dict', 'supported_text']
+__all__ = [
+    'OfficialSource', 'SUPPORTED', 'checkpoint_filter_fn', 'convert_checkpoint', 'convert_state_dict', 'supported_text',
+]
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,8 @@ def _unwrap(obj: object, what: str) -> Dict[str, torch.Tensor]:
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}
 
 
-def _detect(keys: Iterable[str]) -> str:
+def _layout(keys: Iterable[str]) -> Optional[str]:
+    """The official layout the keys are in, or None."""
     keys = set(keys)
     if 'stem.conv1.0.alpha' in keys:
         return 'gct'
@@ -142,8 +148,16 @@ def _detect(keys: Iterable[str]) -> str:
         return 'fca'
     if any(k.endswith('.eca.conv.weight') for k in keys):
         return 'eca'
-    raise ValueError(
-        f'The checkpoint keys ({few(sorted(keys), 3)}) match no supported layout; supported: {supported_text()}.')
+    return None
+
+
+def _detect(keys: Iterable[str]) -> str:
+    keys = set(keys)
+    layout = _layout(keys)
+    if layout is None:
+        raise ValueError(
+            f'The checkpoint keys ({few(sorted(keys), 3)}) match no supported layout; supported: {supported_text()}.')
+    return layout
 
 
 def _depth(keys: Iterable[str], layout: str) -> int:
@@ -163,46 +177,87 @@ def _depth(keys: Iterable[str], layout: str) -> int:
     return depth
 
 
+def _target(state_dict: Dict[str, torch.Tensor], layout: str, model_name: Optional[str]) -> str:
+    """The registered model an official state dict converts to; a ValueError if ``model_name`` says another."""
+    detected = f'{layout}_resnet{_depth(state_dict, layout)}' + ('_official' if layout == 'gct' else '')
+    if model_name is not None and model_name != detected:
+        raise ValueError(
+            f'model_name={model_name!r} does not match the checkpoint, whose keys are the official '
+            f'{SUPPORTED[layout].title} layout of {detected!r}.')
+    if not timm.is_model(detected):
+        raise ValueError(
+            f'The checkpoint is an official {SUPPORTED[layout].title} {detected!r}, which is not a registered model; '
+            f'supported: {supported_text()}.')
+    return detected
+
+
 def _check(
         model_name: str,
         state_dict: Dict[str, torch.Tensor],
         source_keys: Dict[str, str],
         unmapped: List[str],
-) -> Dict[str, torch.Tensor]:
-    """Require the converted keys and shapes to be exactly those of ``model_name``; fill num_batches_tracked.
+        expected: Dict[str, torch.Tensor],
+        left_to_timm: FrozenSet[str],
+) -> None:
+    """Require the converted keys and shapes to be exactly those of ``expected``; fill num_batches_tracked.
 
-    Returns the model's state dict, on the meta device."""
-    expected = timm.create_model(model_name, device='meta').state_dict()
+    Keys in ``left_to_timm`` (classifier, first conv) are adapted to the model by timm's loader after the filter, and
+    any leftover mismatch is reported by its strict load."""
     for key in expected:
         if key.endswith('.num_batches_tracked') and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
-    unmapped = unmapped + [source_keys[k] for k in state_dict if k not in expected]
+    unmapped = unmapped + [source_keys[k] for k in state_dict if k not in expected and k not in left_to_timm]
     if unmapped:
         raise ValueError(
             f'Checkpoint keys with no counterpart in {model_name}: {few(unmapped)}.')
-    missing = [k for k in expected if k not in state_dict]
+    missing = [k for k in expected if k not in state_dict and k not in left_to_timm]
     if missing:
         raise ValueError(f'{model_name} keys missing from the checkpoint: {few(missing)}.')
     mismatched = [
         f'{source_keys[k]} {tuple(v.shape)} (expected {tuple(expected[k].shape)})'
-        for k, v in state_dict.items() if v.shape != expected[k].shape]
+        for k, v in state_dict.items() if k not in left_to_timm and v.shape != expected[k].shape]
     if mismatched:
         raise ValueError(f'Checkpoint shapes that differ from {model_name}: {few(mismatched)}.')
-    return expected
 
 
 def _check_dct_filters(state_dict: Dict[str, torch.Tensor], source_keys: Dict[str, str]) -> None:
     """The DCT buffers must be the fixed 'top16' filter the fca models build (and rebuild in reset_parameters)."""
-    wrong = []
+    wrong, filters = [], {}
     for key, value in state_dict.items():
         if key.endswith('.se.dct_layer.weight'):
-            channels, size = value.shape[:2]
-            if not torch.allclose(value.double(), dct_filter(channels, size), rtol=0, atol=1e-6):
+            shape = tuple(value.shape[:2])  # (channels, size); blocks of a stage share their filter
+            if shape not in filters:
+                filters[shape] = dct_filter(*shape)
+            if not (value.double() - filters[shape]).abs().max() <= 1e-6:
                 wrong.append(source_keys[key])
     if wrong:
         raise ValueError(
             f"Checkpoint DCT filters that are not the fixed 'top16' DCT filter: {few(wrong)}; the fca models "
             f'only hold that filter (the FcaNet README ablations with learnt or random filters are not supported).')
+
+
+def _convert(
+        state_dict: Dict[str, torch.Tensor],
+        layout: str,
+        model_name: str,
+        expected: Dict[str, torch.Tensor],
+        left_to_timm: FrozenSet[str] = frozenset(),
+) -> Dict[str, torch.Tensor]:
+    """Map an official state dict's keys (and GCT's beta shapes) onto ``model_name``, checked against ``expected``."""
+    converted, source_keys, unmapped = {}, {}, []
+    for key, value in state_dict.items():
+        new_key = _KEY_MAPS[layout](key)
+        if new_key is None:
+            unmapped.append(key)
+            continue
+        if layout == 'gct' and new_key.endswith('.gct.beta'):
+            value = value.reshape(-1)  # official (1, C, 1, 1), here (C,)
+        converted[new_key] = value
+        source_keys[new_key] = key
+    _check(model_name, converted, source_keys, unmapped, expected, left_to_timm)
+    if layout == 'fca':
+        _check_dct_filters(converted, source_keys)
+    return converted
 
 
 def convert_state_dict(
@@ -221,29 +276,36 @@ def convert_state_dict(
     """
     state_dict = _unwrap(state_dict, 'The state_dict argument')
     layout = _detect(state_dict)
-    detected = f'{layout}_resnet{_depth(state_dict, layout)}' + ('_official' if layout == 'gct' else '')
-    if model_name is not None and model_name != detected:
-        raise ValueError(
-            f'model_name={model_name!r} does not match the checkpoint, whose keys are the official '
-            f'{SUPPORTED[layout].title} layout of {detected!r}.')
-    if not timm.is_model(detected):
-        raise ValueError(
-            f'The checkpoint is an official {SUPPORTED[layout].title} {detected!r}, which is not a registered model; '
-            f'supported: {supported_text()}.')
-    converted, source_keys, unmapped = {}, {}, []
-    for key, value in state_dict.items():
-        new_key = _KEY_MAPS[layout](key)
-        if new_key is None:
-            unmapped.append(key)
-            continue
-        if layout == 'gct' and new_key.endswith('.gct.beta'):
-            value = value.reshape(-1)  # official (1, C, 1, 1), here (C,)
-        converted[new_key] = value
-        source_keys[new_key] = key
-    expected = _check(detected, converted, source_keys, unmapped)
-    if layout == 'fca':
-        _check_dct_filters(converted, source_keys)
+    detected = _target(state_dict, layout, model_name)
+    expected = timm.create_model(detected, device='meta').state_dict()
+    converted = _convert(state_dict, layout, detected, expected)
     return detected, {k: converted[k] for k in expected}
+
+
+def _names(cfg_value: Union[None, str, Sequence[str]]) -> Tuple[str, ...]:
+    """A pretrained cfg's module name(s), e.g. ``classifier``, as a tuple."""
+    return (cfg_value,) if isinstance(cfg_value, str) else tuple(cfg_value or ())
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``pretrained_filter_fn`` of the models with an official release (e.g. ``fca_resnet50.official_in1k``).
+
+    A state dict in an official layout is converted by the code of ``convert_state_dict`` and checked against
+    ``model`` itself: every key and shape, and FcaNet's DCT filters. The classifier and first-conv weights are left to
+    timm's loader, which adapts them to ``num_classes``, ``features_only`` and ``in_chans`` as for its own tags. Any
+    other state dict (this package's own layout, e.g. weights re-published with ``timm-gct convert``) passes
+    unchanged to timm's strict load.
+    """
+    official = _unwrap(state_dict, 'The pretrained weights')
+    layout = _layout(official)
+    if layout is None:
+        return state_dict
+    cfg = model.pretrained_cfg
+    name = _target(official, layout, cfg.get('architecture'))
+    left_to_timm = frozenset(
+        [f'{c}.{p}' for c in _names(cfg.get('classifier')) for p in ('weight', 'bias')] +
+        [f'{c}.weight' for c in _names(cfg.get('first_conv'))])
+    return _convert(official, layout, name, model.state_dict(), left_to_timm)
 
 
 def convert_checkpoint(

@@ -3,6 +3,8 @@
 * ``render_card`` writes a model card laid out like timm's own (YAML front matter, Model Details, Model Usage,
   Citation) from the mechanism's data in ``hub_cards/`` and statistics measured from the model itself.
 * ``load_train_checkpoint`` reads a checkpoint written by timm's train.py without unpickling arbitrary objects.
+* ``release_weights`` says what an official release's tag holds (``fca_resnet50.official_in1k``);
+  ``republished_weights`` keeps that provenance for the release re-published unchanged (compared tensor by tensor).
 * ``save_pretrained`` writes ``model.safetensors``, ``config.json`` (timm's ``save_for_hf``: ``architecture`` is the
   registered name) and the card as ``README.md``; ``push_to_hub`` uploads that folder with huggingface_hub.
 
@@ -26,12 +28,13 @@ from timm.models import clean_state_dict, is_model_in_modules, load_state_dict, 
 from ._safe_load import safe_torch_load
 from ._text import few
 from .convert import OfficialSource
-from .models import architecture_cfg, model_mechanism, resnet_weights_source
+from .models import architecture_cfg, model_mechanism, model_release, resnet_weights_source
 from .stats import count_activations, count_macs, count_params
 
 __all__ = [
-    'CardError', 'TrainCheckpoint', 'Weights', 'build_from_checkpoint', 'card_data', 'card_key', 'converted_weights',
-    'load_train_checkpoint', 'push_to_hub', 'render_card', 'save_pretrained', 'trained_weights',
+    'CardError', 'TrainCheckpoint', 'Weights', 'build_from_checkpoint', 'card_data', 'card_key', 'converted_from',
+    'converted_weights', 'load_train_checkpoint', 'push_to_hub', 'release_weights', 'render_card',
+    'republished_weights', 'save_pretrained', 'trained_weights',
 ]
 
 _DEMO_IMAGE = (
@@ -54,6 +57,8 @@ class Weights:
     papers: Tuple[str, ...] = ()  # 'title: url' lines besides the mechanism's and ResNet's papers
     citations: Tuple[str, ...] = ()
     license: Optional[str] = None  # the weights' license when it is not the architecture's cfg license
+    origin_url: Optional[str] = None  # where the weights were first published, for config.json
+    notes: Tuple[str, ...] = ()  # config.json's notes, e.g. the accuracy published for the weights, with its source
 
 
 def card_key(model_name: str) -> str:
@@ -71,7 +76,8 @@ def card_key(model_name: str) -> str:
 
 
 def card_data(key: str) -> Dict[str, Any]:
-    """The card data in ``hub_cards/<key>.yaml`` (a mechanism key, 'resnet', 'gct_official', 'resnet_weights')."""
+    """The card data in ``hub_cards/<key>.yaml`` (a mechanism key, 'resnet', 'gct_official', 'resnet_weights',
+    'releases')."""
     path = resources.files('timm_gct.hub_cards') / f'{key}.yaml'
     if not path.is_file():
         raise CardError(f'No card data for {key!r}: hub_cards/{key}.yaml is missing from the installation.')
@@ -112,27 +118,88 @@ def _resnet_weights(model_name: str, title: str) -> Weights:
     )
 
 
+def release_weights(model_name: str, how: Optional[str] = None) -> Weights:
+    """What a card says about an official release's tag (``fca_resnet50.official_in1k``): the authors' weights, their
+    training and evaluation, license and published top-1 with its source. ``how``: how the files at hand were made
+    from the release, when they are not the tag's download."""
+    release, depth = model_release(model_name)
+    arch = model_name.split('.')[0]
+    cfg = timm.models.get_pretrained_cfg(f'{arch}.{release.tag}').to_dict()
+    title = card_data(card_key(arch))['title']
+    data = card_data('releases')[card_key(arch)]
+    reported, evaluated = release.top1_of(depth)
+    return Weights(
+        summary=(
+            f"The {title} authors' ImageNet-1k weights for {title} ResNet-{depth}, from their release "
+            f"(`{cfg['url']}`, {release.origin_url}). " + (how or (
+                "timm's loader downloads the file and timm_gct maps its official keys onto this model with the code "
+                'of `timm-gct convert` (every key, shape and fixed filter checked): the same tensors, so the model '
+                "computes the authors' network."))),
+        datasets=('imagenet-1k',),
+        details=[
+            f"**Training:** {data['training'].strip()}",
+            f"**Evaluation:** {data['evaluation'].strip()}",
+            f"**Official code:** {data['code']}",
+        ],
+        results=(
+            f'ImageNet-1k validation top-1 (%) published by the authors ([README]({release.top1_source})): reported, '
+            f'and their evaluation of the released file; not re-measured by timm_gct.\n\n'
+            f'| model | reported top-1 | evaluated top-1 |\n|---|---|---|\n'
+            f'| `{arch}.{release.tag}` | {reported} | {evaluated} |'),
+        license=cfg['license'],
+        origin_url=release.origin_url,
+        notes=tuple(cfg['notes']),
+    )
+
+
+def republished_weights(model_name: str, state_dict: Dict[str, torch.Tensor], how: str) -> Weights:
+    """``release_weights`` for weights re-published unchanged, e.g. converted or saved again as safetensors.
+
+    ``state_dict`` is compared key by key and tensor by tensor with the release of ``model_name`` as timm's own loader
+    gives it (from its cache, or downloaded); ``how`` says how these files were made from it ('converted with ...').
+    A CardError when the release cannot be loaded or any tensor differs."""
+    try:
+        reference = timm.create_model(model_name, pretrained=True).state_dict()
+    except (OSError, RuntimeError, ValueError) as e:  # download, cache and loading errors
+        raise CardError(f'the release of {model_name} could not be loaded to compare with: {e}') from None
+    differ = sorted(
+        k for k in reference.keys() | state_dict.keys() if k not in reference or k not in state_dict or
+        reference[k].dtype != state_dict[k].dtype or not torch.equal(reference[k], state_dict[k]))
+    if differ:
+        raise CardError(f'the weights differ from the release of {model_name}: {few(differ)}.')
+    return release_weights(model_name, (
+        f"These files were {how}; every tensor equals the release's as timm_gct loads it (compared when they were "
+        f'written): the release, re-published unchanged.'))
+
+
 def _untrained_weights(model_name: str, notes: Sequence[str] = ()) -> Weights:
     return Weights(summary=(
         f'No trained weights are published for `{model_name}`: `timm.create_model(\'{model_name}\')` builds it '
         f'randomly initialised, for training from scratch.' + ''.join(f' {n}' for n in notes)))
 
 
+def converted_from(checkpoint: str) -> str:
+    """'converted with `timm-gct convert` from `<file name>` (sha256 <digest>)', for a card."""
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    return f'converted with `timm-gct convert` from `{Path(checkpoint).name}` (sha256 {digest})'
+
+
 def converted_weights(model_name: str, checkpoint: str, source: OfficialSource) -> Weights:
     """What a card says about a checkpoint converted from an official layout with ``timm-gct convert``."""
-    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     return Weights(
         summary=(
-            f'Weights converted with `timm-gct convert` from `{Path(checkpoint).name}` (sha256 {digest}), a checkpoint '
-            f"in the official {source.title} layout (the authors release {source.files} at {source.where}), to "
-            f"`{model_name}`'s key layout: the same tensors, renamed and reshaped. Check the sha256 against the "
-            f"authors' file; their reported accuracy was not re-measured by timm_gct."),
+            f'Weights {converted_from(checkpoint)}, a checkpoint in the official {source.title} layout (the '
+            f"authors release {source.files} at {source.where}), to `{model_name}`'s key layout: the same tensors, "
+            f"renamed and reshaped. Check the sha256 against the authors' file; their reported accuracy was not "
+            f're-measured by timm_gct.'),
         datasets=('imagenet-1k',), license=source.license)
 
 
 def _weights_for(model_name: str, title: str, notes: Sequence[str] = ()) -> Weights:
     if resnet_weights_source(model_name):
         return _resnet_weights(model_name, title)
+    if model_release(model_name):
+        return release_weights(model_name)
     return _untrained_weights(model_name, notes)
 
 
@@ -414,6 +481,7 @@ def save_pretrained(
         model.pretrained_cfg = {
             **original, **{k: own.get(k) for k in _PROVENANCE},
             'tag': tag, 'description': weights.summary, 'license': weights.license or own.get('license'),
+            'origin_url': weights.origin_url or own.get('origin_url'), 'notes': weights.notes or own.get('notes'),
         }
         save_for_hf(model, str(out), safe_serialization=True, data_config=data_config)
         saved = json.loads((out / 'config.json').read_text(encoding='utf-8'))['pretrained_cfg']

@@ -9,7 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from timm_gct.layers import GatedChannelTransform, GlobalContextBlock, NormalizationAttention
-from timm_gct.models import MECHANISMS, RESNET_WEIGHTS, model_mechanism, resnet_weights_source, resnet_weights_tag
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from timm_gct.models import (
+    MECHANISMS, RESNET_WEIGHTS, model_mechanism, model_release, resnet_weights_source, resnet_weights_tag)
 
 DEPTHS = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS = (18, 34, 50)
@@ -40,13 +43,15 @@ def test_no_registered_name_shadows_a_timm_model():
     assert result.stdout.strip() == '[]'
 
 
-def test_models_have_cfgs_and_only_identity_models_have_weights():
+def test_models_have_cfgs_and_only_identity_and_released_models_have_weights():
     names = timm.list_models(module='attn_resnet')
     assert sorted(timm.list_models(module='attn_resnet', name_matches_cfg=True)) == sorted(names)
     pretrained = timm.list_models(module='attn_resnet', pretrained=True, include_tags=False)
     identity = [m for m in MECHANISMS.values() if m.identity_init]
     assert sorted(m.name for m in identity) == ['cc', 'gc', 'gct']
-    assert sorted(pretrained) == sorted(f'{m.name}_resnet{d}' for m in identity for d in m.depths)
+    assert [m.name for m in MECHANISMS.values() if m.release] == ['fca']
+    released = [f'fca_resnet{d}' for d in (34, 50, 101, 152)]
+    assert sorted(pretrained) == sorted([f'{m.name}_resnet{d}' for m in identity for d in m.depths] + released)
     assert timm.get_pretrained_cfg('nam_resnet50').hf_hub_id is None
     assert timm.get_pretrained_cfg('gct_resnet18_cifar').hf_hub_id is None
 
@@ -69,6 +74,28 @@ def test_resnet_weights_tags_say_what_they_hold(mechanism, depth):
         assert source in cfg.description and cfg.notes
         for key in ('input_size', 'test_input_size', 'interpolation', 'crop_pct', 'mean', 'std', 'license'):
             assert getattr(cfg, key) == getattr(src, key), key
+
+
+def test_fcanet_release_tags():
+    """The official FcaNet release: URL, license, data config and published top-1, the default tag of its depths."""
+    assert timm.list_pretrained('fca_*') == [f'fca_resnet{d}.official_in1k' for d in (34, 50, 101, 152)]
+    # cfzd/FcaNet README at aa5fb63, "Reported" and "Evaluation Results"
+    top1 = {34: ('75.07', '75.02'), 50: ('78.52', '78.57'), 101: ('79.64', '79.63'), 152: ('80.08', '80.02')}
+    for depth, (reported, evaluated) in top1.items():
+        cfg = timm.get_pretrained_cfg(f'fca_resnet{depth}')
+        assert cfg.tag == 'official_in1k' and cfg.hf_hub_id is None
+        assert cfg.url == f'https://github.com/cfzd/FcaNet/releases/download/v1.0/fca{depth}.pth'
+        assert cfg.license == 'mit' and cfg.paper_ids == 'arXiv:2012.11879'
+        assert cfg.origin_url == 'https://github.com/cfzd/FcaNet'
+        # The official main.py evaluates a 224 centre crop of the image resized to 256, with ImageNet mean / std.
+        assert (cfg.input_size, cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std) == (
+            (3, 224, 224), 0.875, 'bilinear', IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+        assert f'{reported} % reported, {evaluated} % in their evaluation of the released file' in cfg.notes[0]
+        assert model_release(f'fca_resnet{depth}') == model_release(f'fca_resnet{depth}.official_in1k')
+        assert model_release(f'fca_resnet{depth}')[1] == depth
+    assert not timm.get_pretrained_cfg('fca_resnet18').has_weights and model_release('fca_resnet18') is None
+    assert model_release('fca_resnet50.other_in1k') is None and model_release('fca_resnet50_cifar') is None
+    assert model_release('eca_resnet50') is None
 
 
 def _resnet_weights_file(tmp_path, plain: str) -> str:

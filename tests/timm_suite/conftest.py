@@ -2,9 +2,10 @@
 
 timm's test module picks its models with ``timm.list_models`` when it is imported, so the root conftest imports
 timm_gct first. This conftest then keeps only the parametrisations for models registered by timm_gct (its modules
-``timm_gct.models.MODEL_MODULES``) and drops timm's tests for its own models. ``--timm-suite ci`` (the default) keeps
-the ResNet-18, ResNet-50 and CIFAR models of every mechanism and ``gct_resnet50_official``; ``--timm-suite full`` runs
-every registered model.
+``timm_gct.models.MODEL_MODULES``) and drops timm's tests for its own models. timm's cfg tests list tagged names:
+a model's default tag (e.g. ``fca_resnet50.official_in1k``) is kept, except in the tests that download the weights.
+``--timm-suite ci`` (the default) keeps the ResNet-18, ResNet-50 and CIFAR models of every mechanism and
+``gct_resnet50_official``; ``--timm-suite full`` runs every registered model.
 """
 from pathlib import Path
 
@@ -29,7 +30,12 @@ def pytest_collection_modifyitems(config, items):
             keep.append(item)
             continue
         params = getattr(getattr(item, 'callspec', None), 'params', {})
-        (keep if params.get('model_name') in ours else drop).append(item)
+        arch, _, tag = str(params.get('model_name')).partition('.')
+        # timm's cfg tests list tagged names: the default tag stands for its model (as the untagged name would),
+        # except in the tests that download the weights.
+        ok = arch in ours and (not tag or (
+            tag == timm.get_pretrained_cfg(arch).tag and 'pretrained' not in item.originalname))
+        (keep if ok else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -23,8 +23,9 @@ passes the channel count, so the model must pass ``dct_size`` per stage; inputs 
 
 Checkpoints: the released ``fca{34,50,101,152}.pth`` hold ``layerX.Y.att.dct_layer.weight`` (the DCT filter, a
 persistent buffer of shape (C, S, S)) and ``layerX.Y.att.fc.{0,2}.weight``; in timm's ResNet, where the layer is
-``layerX.Y.se``, they load after renaming ``.att.`` to ``.se.``. The buffers are large at the official sizes
-(5.5 M values in a ResNet-50, 22 MB in float32), as in the released checkpoints.
+``layerX.Y.se``, they load after renaming ``.att.`` to ``.se.`` (the ``fca_resnet*.official_in1k`` tags do so). The
+buffers are large at the official sizes (5.5 M values in a ResNet-50, 22 MB in float32), as in the released
+checkpoints.
 
 Deviations from the official code, none in the math:
 * The weighted spatial sum accumulates in float32 (float64 for float64 input); the official sum runs in the input

@@ -25,6 +25,12 @@ plain baselines ``resnet{18,34,50}_cifar``. Model kwargs on top of timm's ResNet
 * ``attn_blocks``: 'all' blocks of those stages, or only the 'last' one;
 * ``layer4_stride``: 2 (standard) or 1.
 
+Pretrained tags: a mechanism whose authors released ImageNet-1k weights at a URL (``Mechanism.release``; FcaNet's
+GitHub release) gets the tag ``<model>.official_in1k`` at the released depths, its default tag: timm's loader
+downloads the authors' file and ``timm_gct.convert.checkpoint_filter_fn`` maps it onto the model with the code of
+``timm-gct convert``. The identity-at-init mechanisms (GCT, GC, CC) get timm's plain-ResNet weights instead, with the
+attention untrained, as ``<model>.resnet_<tag>_attn_identity``.
+
 Papers: ResNet, `Deep Residual Learning for Image Recognition` - https://arxiv.org/abs/1512.03385; each mechanism's
 paper and official code are in ``MECHANISMS`` below (and in its layer's docstring).
 """
@@ -40,12 +46,14 @@ from timm.models import (
     build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, is_model_in_modules, register_model)
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..convert import SUPPORTED, checkpoint_filter_fn
 from ..layers import get_attn
 from ..layers._checks import check_choice
 from ..layers.dia import DIAStage
 
 __all__ = [
-    'Mechanism', 'MECHANISMS', 'RESNET_WEIGHTS', 'model_mechanism', 'resnet_weights_source', 'resnet_weights_tag',
+    'Mechanism', 'MECHANISMS', 'RESNET_WEIGHTS', 'Release', 'model_mechanism', 'model_release', 'resnet_weights_source',
+    'resnet_weights_tag',
 ]  # register_model adds each entrypoint fn to this
 
 _logger = logging.getLogger(__name__)
@@ -90,6 +98,43 @@ def _gsop_strides(depth: int, cifar: bool) -> Tuple[Dict[str, Any], ...]:
     return dict(stride=2), {}, {}, {}
 
 
+@dataclass(frozen=True)
+class Release:
+    """ImageNet-1k weights released by a mechanism's authors at a URL that timm's own loader downloads, in the official
+    layout that ``timm-gct convert`` maps (its license is that source's, ``timm_gct.convert.SUPPORTED``)."""
+    tag: str  # the pretrained tag, timm style <recipe>_<dataset>
+    url: str  # the file of each depth, '{depth}' filled in
+    origin_url: str
+    top1: Tuple[Tuple[int, str, str], ...]  # (depth, reported, evaluated): ImageNet-1k top-1 (%) per released depth
+    top1_source: str  # where the authors publish those numbers
+    data_config: Tuple[Tuple[str, Any], ...]  # the official evaluation preprocessing, as timm cfg fields
+
+    @property
+    def depths(self) -> Tuple[int, ...]:
+        return tuple(d for d, _, _ in self.top1)
+
+    def top1_of(self, depth: int) -> Tuple[str, str]:
+        """The reported and the evaluated top-1 of a released depth."""
+        return next((reported, evaluated) for d, reported, evaluated in self.top1 if d == depth)
+
+
+# FcaNet's GitHub release v1.0, the files of the official hubconf.py (plain state dicts). Numbers: the official
+# README's "Reported" and "Evaluation Results" columns, the latter the authors' evaluation of the released FP32 files
+# (trained in FP16). Data config: the official main.py evaluates at 224 x 224 (HybridValPipe: shorter side resized
+# to 256 with DALI's triangular filter, i.e. antialiased linear like PIL's bilinear, centre crop 224 = crop_pct
+# 0.875, ImageNet mean / std); it trains at 224 too (HybridTrainPipe).
+_FCA_RELEASE = Release(
+    tag='official_in1k',
+    url='https://github.com/cfzd/FcaNet/releases/download/v1.0/fca{depth}.pth',
+    origin_url='https://github.com/cfzd/FcaNet',
+    top1=((34, '75.07', '75.02'), (50, '78.52', '78.57'), (101, '79.64', '79.63'), (152, '80.08', '80.02')),
+    top1_source='https://github.com/cfzd/FcaNet/blob/aa5fb63505575bb4e4e094613565379c3f6ada33/README.md',
+    data_config=(
+        ('input_size', (3, 224, 224)), ('crop_pct', 0.875), ('interpolation', 'bilinear'),
+        ('mean', IMAGENET_DEFAULT_MEAN), ('std', IMAGENET_DEFAULT_STD)),
+)
+
+
 StageKwargs = Callable[[int, bool], Tuple[Dict[str, Any], ...]]  # (depth, cifar) -> layer kwargs for stages 1-4
 
 
@@ -112,6 +157,7 @@ class Mechanism:
     # Layer arguments of every model (attn_kwargs override them); the channel gates get inplace=True, since timm's
     # blocks never read the attention layer's input again.
     layer_kwargs: Tuple[Tuple[str, Any], ...] = ()
+    release: Optional[Release] = None  # the authors' ImageNet-1k weights: a pretrained tag at the released depths
 
 
 MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
@@ -137,7 +183,8 @@ MECHANISMS: Dict[str, Mechanism] = {m.name: m for m in (
         layer_kwargs=(('inplace', True),)),
     Mechanism(
         'fca', 'FcaNet', 'FcaNet: Frequency Channel Attention Networks', 'arXiv:2012.11879',
-        'https://github.com/cfzd/FcaNet', stage_kwargs=_fca_dct_sizes, layer_kwargs=(('inplace', True),)),
+        'https://github.com/cfzd/FcaNet', stage_kwargs=_fca_dct_sizes, layer_kwargs=(('inplace', True),),
+        release=_FCA_RELEASE),
     Mechanism(
         'gsop', 'GSoP', 'Global Second-order Pooling Convolutional Networks', 'arXiv:1811.12006',
         'https://github.com/ZilinGao/Global-Second-order-Pooling-Convolutional-Networks', blocks='last',
@@ -264,13 +311,46 @@ def _resnet_weights_cfg(model_def: _ModelDef, source_tag: str) -> Dict[str, Any]
     }
 
 
+def model_release(model_name: str) -> Optional[Tuple[Release, int]]:
+    """The release and depth whose weights ``model_name`` names: ``fca_resnet50.official_in1k``, or ``fca_resnet50``
+    whose default tag it is -> (FcaNet's release, 50); None for any other name."""
+    arch, _, tag = model_name.partition('.')
+    d = _MODEL_DEFS.get(arch)
+    release = d.mechanism.release if d is not None and d.mechanism is not None else None
+    if release is None or d.cifar or d.depth not in release.depths or tag not in ('', release.tag):
+        return None
+    return release, d.depth
+
+
+def _release_cfg(model_def: _ModelDef, release: Release) -> Dict[str, Any]:
+    title, depth = model_def.mechanism.title, model_def.depth
+    reported, evaluated = release.top1_of(depth)
+    url = release.url.format(depth=depth)
+    return {
+        **_model_cfg(model_def),
+        **dict(release.data_config),
+        'url': url,
+        'license': SUPPORTED[model_def.mechanism.name].license,
+        'origin_url': release.origin_url,
+        'description': (
+            f'{title} ResNet-{depth} weights trained on ImageNet-1k by the {title} authors, from their release '
+            f'({url}); the official keys are mapped onto this model by the code of `timm-gct convert`.'),
+        'notes': (
+            f'ImageNet-1k top-1 published by the authors: {reported} % reported, {evaluated} % in their evaluation '
+            f'of the released file ({release.top1_source}).',),
+    }
+
+
 def _model_cfgs() -> Dict[str, Dict[str, Any]]:
     cfgs = {}
     for name, d in _MODEL_DEFS.items():
+        release = d.mechanism.release if d.mechanism is not None else None
+        # Tagged cfgs only, so pretrained=True without a tag takes the first one, as for timm's resnet50.
         if d.mechanism is not None and d.mechanism.identity_init and not d.cifar:
-            # Tagged cfgs only, so pretrained=True without a tag takes the first one, as for timm's resnet50.
             cfgs.update({
                 f'{name}.{resnet_weights_tag(t)}': _resnet_weights_cfg(d, t) for t in RESNET_WEIGHTS[d.depth]})
+        elif release is not None and not d.cifar and d.depth in release.depths:
+            cfgs[f'{name}.{release.tag}'] = _release_cfg(d, release)
         else:
             cfgs[name] = _model_cfg(d)
     return cfgs
@@ -433,6 +513,8 @@ def _create_attn_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -
         layer4_stride = 2 if model_def.cifar else m.layer4_stride
         if m.identity_init:
             kwargs.setdefault('pretrained_filter_fn', _keep_attn_init)
+        elif m.release is not None:
+            kwargs.setdefault('pretrained_filter_fn', checkpoint_filter_fn)
     model_args['layer4_stride'] = kwargs.pop('layer4_stride', layer4_stride)
     check_choice(variant, 'layer4_stride', model_args['layer4_stride'], (2, 1))
     if model_def.cifar:
