@@ -2,6 +2,9 @@
 import csv
 import json
 
+import pytest
+import torch
+
 from timm_gct.bench.report import CSV_COLUMNS
 from timm_gct.cli import main
 
@@ -12,7 +15,8 @@ def test_bench_writes_table_csv_and_png(tmp_path, capsys):
                '--output', str(out)])
     assert rc == 0
     stdout = capsys.readouterr().out
-    assert 'torch ' in stdout and 'cpu, batch 2 at 32x32, float32; medians over 2 interleaved rounds' in stdout
+    assert 'torch ' in stdout
+    assert 'cpu, batch 2 at 32x32, float32, TIMM_GCT_KERNELS=auto; medians over 2 interleaved rounds of 1 ' in stdout
     assert 'gct_resnet18_cifar  official code' in stdout
     with open(out / 'bench.csv', newline='') as f:
         rows = list(csv.DictReader(f))
@@ -39,3 +43,24 @@ def test_bench_leaves_out_control_and_official_rows_when_asked(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r['model'], r['impl']) for r in rows] == [
         ('resnet18_cifar', 'plain twin'), ('gct_resnet18_cifar', 'timm_gct')]
+
+
+def test_bench_sizes_its_defaults_to_the_device():
+    """CPU-sized defaults (batch 8, one timed iteration per round) say little on a GPU, where a step of batch 8 is a
+    few milliseconds of launches: there the defaults are batch 128 and 5 iterations per round, unless given."""
+    from timm_gct.bench import cli
+    from timm_gct.bench.runner import device_defaults
+    assert device_defaults(torch.device('cpu')) == {'batch_size': 8, 'iters': 1, 'warmup': 2}
+    assert device_defaults(torch.device('cuda')) == {'batch_size': 128, 'iters': 5, 'warmup': 3}
+    seen = {}
+
+    def fake_bench(cfg, log):
+        seen['cfg'] = cfg
+        raise ValueError('stop here')
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, 'bench', fake_bench)
+        mp.setattr(cli, 'resolve_device', lambda name: torch.device('cuda'))
+        assert main(['bench', 'gct_resnet50', '--iters', '2', '--kernels', 'auto', 'torch', 'auto']) == 2
+    cfg = seen['cfg']
+    assert (cfg.batch_size, cfg.iters, cfg.warmup, cfg.kernels) == (128, 2, 3, ('auto', 'torch'))

@@ -22,6 +22,11 @@ def test_entries_add_official_references_and_each_twin_once_with_its_control():
     assert entries[1].label == 'resnet18_cifar (control)' and entries[0].label == 'resnet18_cifar'
     assert [e.impl for e in entries_for(['gct_resnet18_cifar'], official=False)] == [BASELINE, CONTROL, OURS]
     assert [e.impl for e in entries_for(['gct_resnet18_cifar'], control=False)] == [BASELINE, OURS, OFFICIAL]
+    # one row of ours per kernel setting, e.g. the fused kernels and the PyTorch path side by side
+    side_by_side = entries_for(['gct_resnet18_cifar'], official=False, control=False, kernels=('auto', 'torch'))
+    assert [(e.impl, e.kernels, e.label) for e in side_by_side[1:]] == [
+        (OURS, 'auto', 'gct_resnet18_cifar'),
+        ('timm_gct, kernels=torch', 'torch', 'gct_resnet18_cifar (timm_gct, kernels=torch)')]
     # the official GCT layout is ours too; its reference row runs the official GCT code at that layout
     assert entries_for(['gct_resnet50_official'], control=False)[1:] == [
         Entry('gct_resnet50_official', OURS, 'resnet50'), Entry('gct_resnet50_official', OFFICIAL, 'resnet50')]
@@ -42,6 +47,7 @@ def test_bad_model_names(name, match):
     (dict(rounds=0), 'rounds=0 is not allowed'),
     (dict(amp='fp8'), "amp='fp8' is not allowed"),
     (dict(modes=('infer', 'fit')), 'modes=.* is not allowed'),
+    (dict(kernels=('auto', 'cuda')), 'kernels=.* is not allowed'),
 ])
 def test_bad_config(kwargs, match):
     cfg = {'models': ('gct_resnet18_cifar',), **kwargs}

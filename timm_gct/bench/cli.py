@@ -12,9 +12,10 @@ import torch
 
 import timm_gct
 from .._device import one_line, resolve_device
+from ..kernels import KERNEL_MODES
 from ..models.attn_resnet import MECHANISMS
 from .report import format_table, plot_ratios, write_csv
-from .runner import BenchConfig, bench, input_size
+from .runner import BenchConfig, bench, device_defaults, input_size
 
 __all__ = ['DEFAULT_MODELS', 'add_bench_parser', 'machine']
 
@@ -41,11 +42,12 @@ def machine(device: torch.device) -> str:
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
+        sized = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in device_defaults(device).items()}
         cfg = BenchConfig(
-            models=tuple(args.models or DEFAULT_MODELS), device=device, batch_size=args.batch_size,
-            img_size=args.img_size, rounds=args.rounds, iters=args.iters, warmup=args.warmup, amp=args.amp,
-            channels_last=args.channels_last, compile=args.compile, official=not args.no_official,
-            control=not args.no_control, modes=tuple(args.modes), memory=not args.no_memory, seed=args.seed)
+            models=tuple(args.models or DEFAULT_MODELS), device=device, img_size=args.img_size, rounds=args.rounds,
+            amp=args.amp, channels_last=args.channels_last, compile=args.compile, official=not args.no_official,
+            control=not args.no_control, modes=tuple(args.modes), memory=not args.no_memory, seed=args.seed,
+            kernels=tuple(dict.fromkeys(args.kernels)), **sized)
         started = datetime.now()
         results, notes = bench(cfg, log=lambda s: print(f'timm-gct bench: {s}', file=sys.stderr))
     except ValueError as e:
@@ -54,8 +56,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     img_size = input_size(cfg)[-1]
     setup = (f'{device.type}, batch {cfg.batch_size} at {img_size}x{img_size}, '
              f'{cfg.amp + " autocast" if cfg.amp else "float32"}'
-             f'{", channels_last" if cfg.channels_last else ""}{", torch.compile" if cfg.compile else ""}; '
-             f'medians over {cfg.rounds} interleaved rounds')
+             f'{", channels_last" if cfg.channels_last else ""}{", torch.compile" if cfg.compile else ""}'
+             f', TIMM_GCT_KERNELS={"/".join(cfg.kernels)}; medians over {cfg.rounds} interleaved rounds of '
+             f'{cfg.iters} iteration{"s" if cfg.iters > 1 else ""}')
     header = f'{machine(device)}\n{started:%Y-%m-%d}, {setup}'
     print(header)
     print(format_table(results))
@@ -89,13 +92,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help=f'timm model names (default: every mechanism at ResNet-50, and timm\'s seresnet50: '
                         f'{" ".join(DEFAULT_MODELS)})')
     p.add_argument('--device', default=None, help='cpu, cuda, ... (default: cuda when available, else cpu)')
-    p.add_argument('--batch-size', type=int, default=d.batch_size, help='(default: %(default)s)')
+    cpu, cuda = device_defaults(torch.device('cpu')), device_defaults(torch.device('cuda'))
+    sized = 'default: {} on the CPU, {} on a GPU'.format
+    p.add_argument('--batch-size', type=int, default=None, help=f'({sized(cpu["batch_size"], cuda["batch_size"])})')
     p.add_argument('--img-size', type=int, default=None, help="(default: the first model's, e.g. 224)")
     p.add_argument('--rounds', type=int, default=d.rounds, help='interleaved rounds (default: %(default)s)')
-    p.add_argument('--iters', type=int, default=d.iters,
-                   help='timed iterations per model, mode and round (default: %(default)s)')
-    p.add_argument('--warmup', type=int, default=d.warmup,
-                   help='untimed iterations per model and mode first (default: %(default)s)')
+    p.add_argument('--iters', type=int, default=None, help=f'timed iterations per model, mode and round '
+                                                            f'({sized(cpu["iters"], cuda["iters"])})')
+    p.add_argument('--warmup', type=int, default=None, help=f'untimed iterations per model and mode first '
+                                                             f'({sized(cpu["warmup"], cuda["warmup"])})')
     p.add_argument('--amp', default=None, choices=('bf16', 'fp16'), help='torch.autocast dtype (default: float32)')
     p.add_argument('--channels-last', action='store_true', help='channels_last models and inputs')
     p.add_argument('--compile', action='store_true', help='torch.compile every model (compiled in the warm-up)')
@@ -106,6 +111,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="leave out the control rows (each plain twin timed again as a model; its ratio's distance "
                         'from 1 is the noise of the run)')
     p.add_argument('--no-memory', action='store_true', help='do not measure peak training memory')
+    p.add_argument('--kernels', nargs='+', default=list(d.kernels), choices=KERNEL_MODES, metavar='MODE',
+                   help='TIMM_GCT_KERNELS for the timm_gct rows, auto, triton or torch; several give one row each '
+                        '(e.g. --kernels auto torch: the fused GPU kernels and the PyTorch path side by side) '
+                        '(default: %(default)s)')
     p.add_argument('--seed', type=int, default=d.seed, help='data and round order (default: %(default)s)')
     p.add_argument('--output', default=None, help='output directory (default: output/bench/<time>-<device>)')
     p.set_defaults(func=_cmd_bench)

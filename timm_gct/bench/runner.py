@@ -14,7 +14,7 @@ events the PyTorch profiler records (two extra, untimed steps per model; the sec
 import random
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -24,15 +24,25 @@ from timm.models import get_arch_name
 from torch import nn
 
 from .._device import sync
+from ..kernels import KERNEL_MODES, get_kernels, set_kernels
 from ..models import model_mechanism
 from ..stats import plain_twin
 from .official import to_official
 
 __all__ = ['BASELINE', 'CONTROL', 'OFFICIAL', 'OURS', 'TIMM', 'BenchConfig', 'BenchResult', 'Entry', 'bench',
-           'entries_for', 'input_size']
+           'device_defaults', 'entries_for', 'input_size']
 
 OURS, OFFICIAL, BASELINE, TIMM, CONTROL = 'timm_gct', 'official code', 'plain twin', 'timm', 'control'
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def device_defaults(device: torch.device) -> Dict[str, int]:
+    """Batch size, timed iterations per round and warm-up iterations that suit the device: a CPU step of batch 8 takes
+    long enough to time once; a GPU step of batch 8 takes a few ms, mostly launches, so there it is batch 128 and
+    several iterations per round."""
+    if device.type == 'cpu':
+        return {'batch_size': 8, 'iters': 1, 'warmup': 2}
+    return {'batch_size': 128, 'iters': 5, 'warmup': 3}
 
 
 @dataclass(frozen=True)
@@ -52,18 +62,20 @@ class BenchConfig:
     modes: Tuple[str, ...] = ('infer', 'train')
     memory: bool = True
     seed: int = 0
+    kernels: Tuple[str, ...] = ('auto',)  # TIMM_GCT_KERNELS settings for the timm_gct rows, one row each
 
 
 @dataclass(frozen=True)
 class Entry:
     """One row of the benchmark: a model as built by ``build``, timed against ``baseline`` (a plain twin's name)."""
     name: str  # the timm model name
-    impl: str  # OURS, OFFICIAL, BASELINE, TIMM or CONTROL
+    impl: str  # OURS (or OURS with a kernel setting), OFFICIAL, BASELINE, TIMM or CONTROL
     baseline: str
+    kernels: str = 'auto'  # the TIMM_GCT_KERNELS setting the row runs with
 
     @property
     def label(self) -> str:
-        return f'{self.name} ({self.impl})' if self.impl in (OFFICIAL, CONTROL) else self.name
+        return self.name if self.impl in (OURS, BASELINE, TIMM) else f'{self.name} ({self.impl})'
 
     def build(self) -> nn.Module:
         model = timm.create_model(self.name)
@@ -105,10 +117,12 @@ class BenchResult:
         return self.peak_bytes / self.baseline_peak_bytes
 
 
-def entries_for(models: Sequence[str], official: bool = True, control: bool = True) -> List[Entry]:
-    """Rows for ``models``: each model, its official-code reference (timm_gct models with attention), and once
-    each, the plain twins they are measured against (timm ``resnetN`` or ``resnetN_cifar``), each followed by its
-    control row (the twin again, timed as a model) unless ``control`` is False."""
+def entries_for(models: Sequence[str], official: bool = True, control: bool = True,
+                kernels: Sequence[str] = ('auto',)) -> List[Entry]:
+    """Rows for ``models``: each model (a timm_gct model once per ``kernels`` setting), its official-code reference
+    (timm_gct models with attention), and once each, the plain twins they are measured against (timm ``resnetN`` or
+    ``resnetN_cifar``), each followed by its control row (the twin again, timed as a model) unless ``control`` is
+    False."""
     rows: Dict[Tuple[str, str], Entry] = {}
     for name in models:
         if get_arch_name(name) != name:
@@ -130,7 +144,12 @@ def entries_for(models: Sequence[str], official: bool = True, control: bool = Tr
             rows.setdefault((twin, CONTROL), Entry(twin, CONTROL, twin))
         if name == twin:
             continue
-        rows.setdefault((name, impl), Entry(name, impl, twin))
+        if impl == OURS:
+            for setting in kernels:
+                label = OURS if setting == 'auto' else f'{OURS}, kernels={setting}'
+                rows.setdefault((name, label), Entry(name, label, twin, setting))
+        else:
+            rows.setdefault((name, impl), Entry(name, impl, twin))
         if official and impl == OURS and mechanism is not None:
             rows.setdefault((name, OFFICIAL), Entry(name, OFFICIAL, twin))
     return list(rows.values())
@@ -169,15 +188,20 @@ class _Runner:
 
     def time(self, mode: str, iters: int) -> float:
         step = self.train if mode == 'train' else self.infer
-        sync(self.device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            step()
-        sync(self.device)
+        with _kernels(self.entry.kernels):
+            sync(self.device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                step()
+            sync(self.device)
         return (time.perf_counter() - start) / iters
 
     def peak_train_bytes(self) -> int:
         """Peak memory of one training step above the memory held when it starts."""
+        with _kernels(self.entry.kernels):
+            return self._peak_train_bytes()
+
+    def _peak_train_bytes(self) -> int:
         if self.device.type == 'cuda':
             sync(self.device)
             start = torch.cuda.memory_allocated(self.device)
@@ -186,6 +210,17 @@ class _Runner:
             sync(self.device)
             return torch.cuda.max_memory_allocated(self.device) - start
         return _cpu_peak_bytes(self.train)  # _check allowed only cpu and cuda
+
+
+@contextmanager
+def _kernels(mode: str):
+    """The TIMM_GCT_KERNELS setting for one row's steps."""
+    before = get_kernels()
+    set_kernels(mode)
+    try:
+        yield
+    finally:
+        set_kernels(before)
 
 
 def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
@@ -224,6 +259,10 @@ def _check(cfg: BenchConfig) -> None:
         # checked before the rounds, not after minutes of timing
         raise ValueError(f'bench: peak memory on device {cfg.device} is not supported; expected cpu or cuda '
                          f'(pass --no-memory).')
+    bad = [k for k in cfg.kernels if k not in KERNEL_MODES]
+    if bad or not cfg.kernels:
+        raise ValueError(f'bench: kernels={cfg.kernels!r} is not allowed; expected a non-empty subset of '
+                         f'({", ".join(KERNEL_MODES)}).')
     bad = [m for m in cfg.modes if m not in ('infer', 'train')]
     if bad or not cfg.modes:
         raise ValueError(f'bench: modes={cfg.modes!r} is not allowed; expected a non-empty subset of (infer, train).')
@@ -239,7 +278,7 @@ def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Tuple[List[Be
     """Measure every entry of ``cfg.models``; returns the results in entry order (twins first where they were first
     needed) and notes on rows left out (an official-code reference that cannot be built for a configuration)."""
     _check(cfg)
-    entries = entries_for(cfg.models, cfg.official, cfg.control)
+    entries = entries_for(cfg.models, cfg.official, cfg.control, cfg.kernels)
     size = input_size(cfg)
     runners, notes = [], []
     for entry in entries:

@@ -41,6 +41,11 @@ class BatchNormState(NamedTuple):
         """Whether the running statistics take this batch's."""
         return self.batch_stats and self.running_mean is not None
 
+    @property
+    def cumulative(self) -> bool:
+        """Whether they take it as a cumulative average (momentum=None: 1 / num_batches_tracked)."""
+        return self.update and self.counter is not None and self.momentum is None
+
 
 def batchnorm_state(bn: nn.BatchNorm2d) -> BatchNormState:
     """``bn``'s state as its forward would use it (without the side effects: the kernels count and update)."""

@@ -27,9 +27,10 @@ import triton
 import triton.language as tl
 
 __all__ = [
-    'ABS', 'DOT', 'INTERPRETED', 'MOMENTS', 'NAM_GRAD', 'SQUARE', 'SUM', 'WEIGHTED', 'GATE_CHANNEL', 'GATE_NAM', 'TERM_NONE',
-    'TERM_X', 'TERM_SIGN', 'TERM_FILTER', 'TERM_CENTRED', 'TERM_NAM', 'NAM_ROWS', 'apply_map', 'grad_input_map', 'launch',
-    'cast_to', 'map_strides', 'merge_moments', 'reduce_map', 'round_to', 'small_block', 'sum_splits',
+    'ABS', 'DOT', 'INTERPRETED', 'MOMENTS', 'NAM_GRAD', 'SQUARE', 'SUM', 'WEIGHTED', 'GATE_CHANNEL', 'GATE_NAM',
+    'TERM_NONE', 'TERM_X', 'TERM_SIGN', 'TERM_FILTER', 'TERM_CENTRED', 'TERM_NAM', 'NAM_ROWS', 'apply_map', 'cast_to',
+    'grad_input_map', 'launch', 'map_strides', 'merge_moments', 'reduce_map', 'round_to', 'sigmoid_grad',
+    'small_block', 'sum_splits', 'update_running',
 ]
 
 # What ``reduce`` computes per (sample, channel); MOMENTS and NAM_GRAD write two values.
@@ -253,6 +254,27 @@ def merge_moments(ptr, n, c, mask, N, C, n_split, HW, hw_per_split):
         m2 += tl.load(base + second + s, mask=mask, other=0.) + delta * delta * (count * chunk / total)
         count = total
     return mean, m2
+
+
+@triton.jit
+def sigmoid_grad(dot_ptr, gate_ptr, n, c, mask, N, C, n_split):
+    """dL/dz of a gate sigmoid(z) at (n, c): dL/dgate = sum_hw g x (a DOT reduction) times gate (1 - gate)."""
+    gate = tl.load(gate_ptr + n * C + c, mask=mask, other=0.)
+    return sum_splits(dot_ptr, 0, n, c, mask, N, C, n_split) * gate * (1. - gate)
+
+
+@triton.jit
+def update_running(mean_ptr, var_ptr, count_ptr, c, cmask, mean, unbiased_var, momentum, CUMULATIVE: tl.constexpr):
+    """A BatchNorm's running statistics take this batch's, as ``nn.BatchNorm2d`` does; with CUMULATIVE (momentum=None)
+    the factor is 1 / num_batches_tracked, already counted by the reduction before."""
+    if CUMULATIVE:
+        momentum = 1. / tl.load(count_ptr).to(tl.float32)
+    old_mean = tl.load(mean_ptr + c, mask=cmask, other=0.)
+    old_var = tl.load(var_ptr + c, mask=cmask, other=0.)
+    new_mean = (1. - momentum) * old_mean.to(tl.float32) + momentum * mean.to(tl.float32)
+    new_var = (1. - momentum) * old_var.to(tl.float32) + momentum * unbiased_var.to(tl.float32)
+    tl.store(mean_ptr + c, cast_to(new_mean, old_mean.dtype), mask=cmask)
+    tl.store(var_ptr + c, cast_to(new_var, old_var.dtype), mask=cmask)
 
 
 def reduce_map(

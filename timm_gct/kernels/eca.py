@@ -11,7 +11,7 @@ import triton.language as tl
 
 from ..layers.eca import channel_gate
 from ._gate import GateGrad, GateSpec
-from ._maps import DOT, SUM, TERM_NONE, launch, reduce_map, small_block, sum_splits
+from ._maps import DOT, SUM, TERM_NONE, launch, reduce_map, sigmoid_grad, small_block, sum_splits
 
 __all__ = ['EcaKernels']
 
@@ -47,10 +47,9 @@ def _gate_kernel(stat_ptr, w_ptr, gate_ptr, N, C, HW, n_split,
 
 @triton.jit
 def _grad_logit(dot_ptr, gate_ptr, n, c, nmask, N, C, n_split):
-    """dL/dz at channels c (zero outside 0..C-1), from dL/dgate = sum_hw g x and the saved gate."""
+    """dL/dz at channels c, zero outside 0..C-1 (the transposed filter's zero padding)."""
     mask = nmask[:, None] & ((c >= 0) & (c < C))[None, :]
-    gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.)
-    return sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate)
+    return sigmoid_grad(dot_ptr, gate_ptr, n[:, None], c[None, :], mask, N, C, n_split)
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import triton.language as tl
 from ..layers._reduce import spatial_sum
 from ._gate import GateGrad, GateSpec
 from ._maps import (
-    DOT, INTERPRETED, TERM_FILTER, WEIGHTED, cast_to, launch, reduce_map, small_block, sum_splits,
+    DOT, INTERPRETED, TERM_FILTER, WEIGHTED, cast_to, launch, reduce_map, sigmoid_grad, small_block, sum_splits,
 )
 
 __all__ = ['FcaKernels']
@@ -75,8 +75,8 @@ def _gate_kernel(stat_ptr, w1_ptr, w2_ptr, gate_ptr, h_ptr, N, C, HID, n_split,
 
 @triton.jit
 def _grad_logit(dot_ptr, gate_ptr, n, c, mask, N, C, n_split, ROUND: tl.constexpr):
-    gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.)
-    return _rounded(sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate), ROUND)
+    """dL/dz of the excitation's sigmoid, rounded as the PyTorch path's sigmoid backward rounds it."""
+    return _rounded(sigmoid_grad(dot_ptr, gate_ptr, n[:, None], c[None, :], mask, N, C, n_split), ROUND)
 
 
 @triton.jit

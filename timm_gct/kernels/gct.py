@@ -1,10 +1,10 @@
 """ GCT on fused Triton kernels: the statistic pass, one small kernel for the gate, one pass to apply it.
 
-Per sample, from s_c = sum_hw phi(x_c) (phi = x^2, |x| or x): e_c = alpha_c sqrt(s_c + eps) (l2) or alpha_c s_c (l1),
-inv = (mean_c e_c^2 + eps)^(-1/2) (l2) or 1 / (mean_c |e_c| + eps) (l1), and the gate 1 + tanh(gamma_c e_c inv + beta_c),
-computed as 2 sigmoid(2 z) (the same function, one exp). The backward kernel works per block of samples, sweeping
-the channels three times (inv, then the cross-channel sum d inv, then the per-channel terms), and writes each
-block's partial parameter gradients for the input-gradient pass to sum.
+Per sample, from s_c = sum_hw phi(x_c) (phi = x^2, |x| or x): e_c = alpha_c sqrt(s_c + eps) (l2) or alpha_c s_c
+(l1), inv = (mean_c e_c^2 + eps)^(-1/2) (l2) or 1 / (mean_c |e_c| + eps) (l1), and the gate
+1 + tanh(gamma_c e_c inv + beta_c), computed as 2 sigmoid(2 z) (the same function, one exp). The backward kernel
+works per block of samples, sweeping the channels three times (inv, then the cross-channel sum d inv, then the
+per-channel terms), and writes each block's partial parameter gradients for the input-gradient pass to sum.
 """
 import torch
 import triton
@@ -34,6 +34,16 @@ def _embedding(stat_ptr, alpha_ptr, n, c, mask, N, C, n_split, eps, L2: tl.const
 
 
 @triton.jit
+def _terms(stat_ptr, alpha_ptr, gamma_ptr, beta_ptr, n, c, mask, inv, N, C, n_split, eps, L2: tl.constexpr):
+    """At (n, c): e, its base, gamma, and sigmoid(2 z) with z = gamma e inv + beta (the gate is 2 sigmoid(2 z))."""
+    e, base = _embedding(stat_ptr, alpha_ptr, n, c, mask, N, C, n_split, eps, L2)
+    cmask = c < C
+    gamma = tl.load(gamma_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
+    beta = tl.load(beta_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
+    return e, base, gamma, tl.sigmoid(2. * (e * gamma * inv + beta))
+
+
+@triton.jit
 def _inv_norm(stat_ptr, alpha_ptr, n, nmask, N, C, n_split, eps, L2: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_C: tl.constexpr):
     total = tl.zeros([BLOCK_N], tl.float32)
@@ -58,13 +68,9 @@ def _gate_kernel(stat_ptr, alpha_ptr, gamma_ptr, beta_ptr, gate_ptr, N, C, n_spl
     inv = _inv_norm(stat_ptr, alpha_ptr, n, nmask, N, C, n_split, eps, L2, BLOCK_N, BLOCK_C)[:, None]
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        cmask = c < C
-        mask = nmask[:, None] & cmask[None, :]
-        e, _ = _embedding(stat_ptr, alpha_ptr, n, c, mask, N, C, n_split, eps, L2)
-        gamma = tl.load(gamma_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
-        beta = tl.load(beta_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
-        gate = 2. * tl.sigmoid(2. * (e * gamma * inv + beta))
-        tl.store(gate_ptr + n[:, None] * C + c[None, :], gate, mask=mask)
+        mask = nmask[:, None] & (c < C)[None, :]
+        _, _, _, sig = _terms(stat_ptr, alpha_ptr, gamma_ptr, beta_ptr, n, c, mask, inv, N, C, n_split, eps, L2)
+        tl.store(gate_ptr + n[:, None] * C + c[None, :], 2. * sig, mask=mask)
 
 
 @triton.jit
@@ -77,12 +83,8 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, alpha_ptr, gamma_ptr, beta_ptr, coef_pt
     grad_inv = tl.zeros([BLOCK_N], tl.float32)
     for c0 in range(0, C, BLOCK_C):  # d inv = sum_c dL/dz_c e_c gamma_c
         c = c0 + tl.arange(0, BLOCK_C)
-        cmask = c < C
-        mask = nmask[:, None] & cmask[None, :]
-        e, _ = _embedding(stat_ptr, alpha_ptr, n, c, mask, N, C, n_split, eps, L2)
-        gamma = tl.load(gamma_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
-        beta = tl.load(beta_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
-        sig = tl.sigmoid(2. * (e * gamma * inv + beta))
+        mask = nmask[:, None] & (c < C)[None, :]
+        e, _, gamma, sig = _terms(stat_ptr, alpha_ptr, gamma_ptr, beta_ptr, n, c, mask, inv, N, C, n_split, eps, L2)
         grad_z = sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * 4. * sig * (1. - sig)
         grad_inv += tl.sum(grad_z * e * gamma, axis=1)
     grad_inv = grad_inv[:, None]
@@ -90,11 +92,9 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, alpha_ptr, gamma_ptr, beta_ptr, coef_pt
         c = c0 + tl.arange(0, BLOCK_C)
         cmask = c < C
         mask = nmask[:, None] & cmask[None, :]
-        e, base = _embedding(stat_ptr, alpha_ptr, n, c, mask, N, C, n_split, eps, L2)
+        e, base, gamma, sig = _terms(stat_ptr, alpha_ptr, gamma_ptr, beta_ptr, n, c, mask, inv, N, C, n_split, eps,
+                                     L2)
         alpha = tl.load(alpha_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
-        gamma = tl.load(gamma_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
-        beta = tl.load(beta_ptr + c, mask=cmask, other=0.).to(tl.float32)[None, :]
-        sig = tl.sigmoid(2. * (e * gamma * inv + beta))
         grad_z = sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * 4. * sig * (1. - sig)
         if L2:  # inv = (mean e^2 + eps)^(-1/2); s enters as sqrt(s + eps), dL/dx = 2 x dL/ds
             grad_e = grad_z * gamma * inv - grad_inv * inv * inv * inv * e / C

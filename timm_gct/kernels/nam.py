@@ -15,7 +15,7 @@ import triton.language as tl
 from ..layers.nam import normalization_gate
 from ._gate import BatchNormState, GateGrad, GateSpec, or_placeholder
 from ._maps import (
-    MOMENTS, NAM_GRAD, NAM_ROWS, TERM_NAM, cast_to, launch, reduce_map, small_block, sum_splits,
+    MOMENTS, NAM_GRAD, NAM_ROWS, TERM_NAM, cast_to, launch, reduce_map, small_block, sum_splits, update_running,
 )
 
 __all__ = ['NamKernels']
@@ -65,14 +65,8 @@ def _gate_kernel(stat_ptr, gamma_ptr, beta_ptr, rmean_ptr, rvar_ptr, count_ptr, 
                 count = total
         var = m2 / count
         if UPDATE:
-            if CUMULATIVE:  # momentum=None: a cumulative average, 1 / num_batches_tracked (already counted)
-                momentum = 1. / tl.load(count_ptr).to(tl.float32)
-            old_mean = tl.load(rmean_ptr + c, mask=cmask, other=0.)
-            old_var = tl.load(rvar_ptr + c, mask=cmask, other=0.)
-            new_mean = (1. - momentum) * old_mean.to(tl.float32) + momentum * mean
-            new_var = (1. - momentum) * old_var.to(tl.float32) + momentum * var * count / (count - 1.)
-            tl.store(rmean_ptr + c, cast_to(new_mean, old_mean.dtype), mask=cmask)
-            tl.store(rvar_ptr + c, cast_to(new_var, old_var.dtype), mask=cmask)
+            update_running(rmean_ptr, rvar_ptr, count_ptr, c, cmask, mean, var * count / (count - 1.), momentum,
+                           CUMULATIVE)
     else:
         mean = tl.load(rmean_ptr + c, mask=cmask, other=0.).to(tl.float32)
         var = tl.load(rvar_ptr + c, mask=cmask, other=1.).to(tl.float32)
@@ -131,12 +125,11 @@ class NamKernels(GateSpec):
         else:
             stats, hw_per_split = coef, h * w  # not read
         block_c = small_block(c, 64)
-        cumulative = bn.update and bn.counter is not None and bn.momentum is None
         launch(_gate_kernel, (triton.cdiv(c, block_c),), stats, gamma, beta, or_placeholder(bn.running_mean, coef),
                or_placeholder(bn.running_var, coef), or_placeholder(bn.counter, coef), coef, n, c, h * w,
                stats.shape[-1] if bn.batch_stats else 1, hw_per_split, bn.eps,
                0. if bn.momentum is None else bn.momentum,
-               BATCH=bn.batch_stats, UPDATE=bn.update, CUMULATIVE=cumulative, BLOCK_N=_BLOCK_N, BLOCK_C=block_c)
+               BATCH=bn.batch_stats, UPDATE=bn.update, CUMULATIVE=bn.cumulative, BLOCK_N=_BLOCK_N, BLOCK_C=block_c)
         return coef, ()
 
     def gate_grad(self, x, grad, gate, saved, params):

@@ -16,7 +16,8 @@ import triton.language as tl
 from ..layers.srm import style_gate
 from ._gate import BatchNormState, GateGrad, GateSpec, or_placeholder
 from ._maps import (
-    DOT, MOMENTS, TERM_CENTRED, cast_to, launch, merge_moments, reduce_map, small_block, sum_splits,
+    DOT, MOMENTS, TERM_CENTRED, cast_to, launch, merge_moments, reduce_map, sigmoid_grad, small_block,
+    update_running,
 )
 
 __all__ = ['SrmKernels']
@@ -60,14 +61,7 @@ def _gate_kernel(stat_ptr, cfc_ptr, w_ptr, b_ptr, rmean_ptr, rvar_ptr, count_ptr
             total += tl.sum(centred * centred, axis=0)
         z_var = total / N
         if UPDATE:
-            if CUMULATIVE:  # momentum=None: a cumulative average, 1 / num_batches_tracked (already counted)
-                momentum = 1. / tl.load(count_ptr).to(tl.float32)
-            old_mean = tl.load(rmean_ptr + c, mask=cmask, other=0.)
-            old_var = tl.load(rvar_ptr + c, mask=cmask, other=0.)
-            new_mean = (1. - momentum) * old_mean.to(tl.float32) + momentum * z_mean.to(tl.float32)
-            new_var = (1. - momentum) * old_var.to(tl.float32) + momentum * (z_var * N / (N - 1)).to(tl.float32)
-            tl.store(rmean_ptr + c, cast_to(new_mean, old_mean.dtype), mask=cmask)
-            tl.store(rvar_ptr + c, cast_to(new_var, old_var.dtype), mask=cmask)
+            update_running(rmean_ptr, rvar_ptr, count_ptr, c, cmask, z_mean, z_var * N / (N - 1), momentum, CUMULATIVE)
     else:
         z_mean = tl.load(rmean_ptr + c, mask=cmask, other=0.).to(tl.float64)
         z_var = tl.load(rvar_ptr + c, mask=cmask, other=1.).to(tl.float64)
@@ -98,9 +92,7 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, cfc_ptr, w_ptr, gate_ptr, bstat_ptr, co
         n = n0 + tl.arange(0, BLOCK_N)
         mask = (n < N)[:, None] & cmask[None, :]
         _, _, z = _style(stat_ptr, cfc_ptr, n, c, mask, N, C, HW, n_split, hw_per_split, eps)
-        gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.)
-        grad_logit = (sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate)).to(
-            tl.float64)
+        grad_logit = sigmoid_grad(dot_ptr, gate_ptr, n[:, None], c[None, :], mask, N, C, n_split).to(tl.float64)
         grad_bn_w += tl.sum(grad_logit * (z - z_mean) * rstd, axis=0)
         grad_bn_b += tl.sum(grad_logit, axis=0)
     scale = tl.load(w_ptr + c, mask=cmask, other=0.).to(tl.float64)[None, :] * rstd
@@ -112,9 +104,7 @@ def _gate_grad_kernel(stat_ptr, dot_ptr, cfc_ptr, w_ptr, gate_ptr, bstat_ptr, co
         n = n0 + tl.arange(0, BLOCK_N)
         mask = (n < N)[:, None] & cmask[None, :]
         mean, std, z = _style(stat_ptr, cfc_ptr, n, c, mask, N, C, HW, n_split, hw_per_split, eps)
-        gate = tl.load(gate_ptr + n[:, None] * C + c[None, :], mask=mask, other=0.)
-        grad_logit = (sum_splits(dot_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split) * gate * (1. - gate)).to(
-            tl.float64)
+        grad_logit = sigmoid_grad(dot_ptr, gate_ptr, n[:, None], c[None, :], mask, N, C, n_split).to(tl.float64)
         if BATCH:  # BatchNorm backward through the batch statistics
             grad_z = scale * (grad_logit - grad_bn_b[None, :] / N - (z - z_mean) * rstd * grad_bn_w[None, :] / N)
         else:
@@ -149,12 +139,12 @@ class SrmKernels(GateSpec):
         gate = torch.empty(n, c, device=x.device, dtype=torch.float32)
         batch_stats = torch.empty(2, c, device=x.device, dtype=torch.float64)
         block_c = small_block(c, 64)
-        cumulative = bn.update and bn.counter is not None and bn.momentum is None
         launch(_gate_kernel, (triton.cdiv(c, block_c),), stats, cfc, weight, bias,
-               or_placeholder(bn.running_mean, gate), or_placeholder(bn.running_var, gate), or_placeholder(bn.counter, gate), gate, batch_stats,
+               or_placeholder(bn.running_mean, gate), or_placeholder(bn.running_var, gate),
+               or_placeholder(bn.counter, gate), gate, batch_stats,
                n, c, h * w, stats.shape[-1], self.hw_per_split, self.eps, bn.eps,
                0. if bn.momentum is None else bn.momentum,
-               BATCH=bn.batch_stats, UPDATE=bn.update, CUMULATIVE=cumulative, BLOCK_N=_BLOCK_N, BLOCK_C=block_c)
+               BATCH=bn.batch_stats, UPDATE=bn.update, CUMULATIVE=bn.cumulative, BLOCK_N=_BLOCK_N, BLOCK_C=block_c)
         return gate, (stats, batch_stats)
 
     def gate_grad(self, x, grad, gate, saved, params):
