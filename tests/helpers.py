@@ -1,11 +1,16 @@
 """ Shared test helpers. """
+import copy
+
 import torch
 from pathlib import Path
 from typing import Callable, Dict
 
 from torch import nn
 
-__all__ = ['RunsCodeWhenUnpickled', 'assert_gradients_match', 'attention_layers', 'attention_model', 'randomize']
+__all__ = [
+    'RunsCodeWhenUnpickled', 'assert_float16_gate_matches', 'assert_gradients_match', 'attention_layers',
+    'attention_model', 'randomize',
+]
 
 
 def randomize(module: nn.Module, seed: int = 0, scale: float = 1.) -> nn.Module:
@@ -44,6 +49,25 @@ def assert_gradients_match(
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)
     for n, p in layer.named_parameters():
         torch.testing.assert_close(p.grad, ref_params[n].grad, rtol=1e-9, atol=1e-12, msg=n)
+
+
+def assert_float16_gate_matches(layer: nn.Module, x: torch.Tensor, autocast: bool) -> None:
+    """Run the float32 gating ``layer`` (eval) on the float16 ``x`` in pure float16 (a float16 copy of the layer) or
+    under float16 autocast, and require a finite float16 output whose gate (out / x) is within 1e-3 of float32's (in
+    pure float16, the float16 parameters run in float32) or 0.03 (under autocast, which also rounds the float32
+    weights of the convs it runs in float16)."""
+    with torch.no_grad():
+        if autocast:
+            expected = layer(x.float())
+            with torch.autocast('cpu', dtype=torch.float16):
+                out = layer(x)
+        else:
+            layer = copy.deepcopy(layer).half()
+            expected = copy.deepcopy(layer).float()(x.float())
+            out = layer(x)
+    assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())
+    gate_tol = 0.03 if autocast else 1e-3
+    assert bool(((out.float() - expected).abs() <= gate_tol * x.float().abs() + 1e-2).all())
 
 
 class RunsCodeWhenUnpickled:

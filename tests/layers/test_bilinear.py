@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from timm_gct.layers.bilinear import BilinearAttention, lower_triangle_products
-from tests.helpers import randomize
+from tests.helpers import assert_float16_gate_matches, randomize
 
 
 
@@ -121,6 +121,28 @@ def test_global_average_does_not_overflow_in_float16():
     out = layer.half()(x.half())
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+
+
+def _calibrate(bn, t):
+    """Running statistics of a trained layer: those of ``t``, so that the BN output is O(1)."""
+    bn.running_mean.copy_(t.mean((0, 2, 3)))
+    bn.running_var.copy_(t.var((0, 2, 3)))
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['float16', 'float16_autocast'])
+def test_float16_where_the_bilinear_maps_pass_65504(autocast):
+    # A default layer at a ResNet-50 width in eval on an input of RMS 100: the reduced map z passes 256, so its
+    # products pass float16's 65504. The branch BNs get calibrated statistics, so the gate logits are O(1) and the
+    # comparison is well conditioned (with the default ones they are ~1e8).
+    torch.manual_seed(1)
+    layer = BilinearAttention(256).eval()
+    x = (torch.randn(2, 256, 56, 56) * 100).half()
+    with torch.no_grad():
+        pairs = lower_triangle_products(layer.reduce(x.float()), layer.rd_channels)
+        assert pairs.amax() > 65504
+        _calibrate(layer.spatial[1], layer.spatial[0](pairs))
+        _calibrate(layer.channel[1], layer.channel[0](pairs.mean((2, 3), keepdim=True)))
+    assert_float16_gate_matches(layer, x, autocast)
 
 
 def test_in_timm_resnet50():

@@ -134,6 +134,27 @@ def test_pure_float16_stays_finite_on_activations_of_rms_100(name, training):
         assert torch.isfinite(x.grad).all()
 
 
+# Every mechanism at its defaults, as ``get_attn(name)(channels)`` builds it (DIA's cell standalone).
+DEFAULT_LAYERS = {**{n: get_attn(n) for n in list_attn()}, 'dia': DenseImplicitAttention}
+
+
+# The test above runs narrow layers with small weights. At ResNet-50 widths with default initialisation some
+# intermediate values grow with the width (in eval, Bi-attention's reduced map reaches ~260 and its products pass
+# 65504 for about half the seeds; GSoP's covariance passes it at 2048 channels), which only wide layers can show.
+@pytest.mark.parametrize('name', list(DEFAULT_LAYERS))
+@pytest.mark.parametrize('channels,size', [(256, 56), (2048, 7)], ids=['256x56x56', '2048x7x7'])
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_pure_float16_stays_finite_at_real_widths(name, channels, size, training):
+    for seed in range(2):  # float16 on the CPU is slow; criss-cross alone takes ~40% of this test
+        torch.manual_seed(seed)
+        layer = DEFAULT_LAYERS[name](channels).half().train(training)
+        x = (torch.randn(2, channels, size, size) * 100).half().requires_grad_()
+        out = layer(x)
+        (out.float() / out.numel()).sum().backward()
+        assert out.dtype == torch.float16 and bool(torch.isfinite(out).all()), f'seed {seed}: output'
+        assert bool(torch.isfinite(x.grad).all()), f'seed {seed}: input gradient'
+
+
 @pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 def test_output_keeps_the_input_memory_format(name, memory_format):

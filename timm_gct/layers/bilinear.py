@@ -35,7 +35,11 @@ Deviations from the official code:
 * ``rd_max=64`` by default caps R (see above); pass ``rd_max=None`` for the official width at 2048 channels.
 * The bilinear maps are built by multiplying shifted channel slices, diagonal by diagonal, instead of forming the
   full R x R outer product per pixel and then taking its diagonals (same values, same order, half the memory).
-* The global average of P is accumulated in float32 (float64 stays float64), so it cannot overflow in float16.
+* P and everything computed from it up to the sigmoid (both R(R+1)/2 -> C convs, their BNs, Q * S) are computed in
+  float32 (float64 stays float64), with autocast off: at RMS 100 the reduced map z reaches ~260 in eval and its
+  products pass float16's 65504. In a float16 layer those convs and BNs keep float16 parameters and running
+  statistics (``UpcastConv2d``, ``UpcastBatchNorm2d``); the gate is cast back to x's dtype. Same math: float64
+  results are unchanged.
 * A training batch of one sample is a ValueError: the channel branch's BN normalises (B, C, 1, 1) statistics over
   the batch alone (the official code fails inside BatchNorm).
 """
@@ -48,11 +52,13 @@ from timm.layers import LayerType, create_act_layer
 
 from ._checks import check_act_layer, check_channels, check_int, reduced_channels
 from ._guards import check_batch_for_batchnorm
+from ._precision import UpcastBatchNorm2d, UpcastConv2d, upcast
 from ._reduce import spatial_sum
 
 __all__ = ['BilinearAttention']
 
 torch.fx.wrap('spatial_sum')
+torch.fx.wrap('upcast')
 torch.fx.wrap('check_batch_for_batchnorm')
 
 
@@ -101,14 +107,15 @@ class BilinearAttention(nn.Module):
         self.rd_channels = rd_channels
         self.bilinear_channels = rd_channels * (rd_channels + 1) // 2
         self.reduce = _conv_bn_act(channels, rd_channels, act_layer, **dd)
-        self.spatial = _conv_bn_act(self.bilinear_channels, channels, act_layer, **dd)
-        self.channel = _conv_bn_act(self.bilinear_channels, channels, act_layer, **dd)
+        # the bilinear maps are float32 (see the deviations), and so is what these branches compute from them
+        self.spatial = _conv_bn_act(self.bilinear_channels, channels, act_layer, in_float32=True, **dd)
+        self.channel = _conv_bn_act(self.bilinear_channels, channels, act_layer, in_float32=True, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_batch_for_batchnorm(x, self.training, 'BilinearAttention')
         B, C, H, W = x.shape
-        pairs = lower_triangle_products(self.reduce(x), self.rd_channels)
-        pooled = (spatial_sum(pairs, 0) / (H * W)).to(pairs.dtype)
+        pairs = lower_triangle_products(upcast(self.reduce(x)), self.rd_channels)
+        pooled = spatial_sum(pairs, 0) / (H * W)
         gate = torch.sigmoid(self.channel(pooled) * self.spatial(pairs))
         return x * gate.to(x.dtype)
 
@@ -116,11 +123,19 @@ class BilinearAttention(nn.Module):
         return f'rd_channels={self.rd_channels}, bilinear_channels={self.bilinear_channels}'
 
 
-def _conv_bn_act(in_chs: int, out_chs: int, act_layer: LayerType, device=None, dtype=None) -> nn.Sequential:
-    """The official ``ConvBlock``: 1x1 conv with bias, BN, activation."""
+def _conv_bn_act(
+        in_chs: int,
+        out_chs: int,
+        act_layer: LayerType,
+        in_float32: bool = False,
+        device=None,
+        dtype=None,
+) -> nn.Sequential:
+    """The official ``ConvBlock``: 1x1 conv with bias, BN, activation; ``in_float32``: conv and BN in >= float32."""
     dd = {'device': device, 'dtype': dtype}
+    conv_layer, norm_layer = (UpcastConv2d, UpcastBatchNorm2d) if in_float32 else (nn.Conv2d, nn.BatchNorm2d)
     return nn.Sequential(
-        nn.Conv2d(in_chs, out_chs, kernel_size=1, **dd),
-        nn.BatchNorm2d(out_chs, **dd),
+        conv_layer(in_chs, out_chs, kernel_size=1, **dd),
+        norm_layer(out_chs, **dd),
         create_act_layer(act_layer, inplace=True),
     )
