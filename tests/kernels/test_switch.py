@@ -51,7 +51,8 @@ def test_auto_keeps_cpu_tensors_on_pytorch():
     lambda x: x.double(),  # float64: the reference precision stays PyTorch's
     lambda x: x[:, :, ::2],  # strided: neither NCHW nor channels_last
     lambda x: x[0],  # not 4-D
-], ids=['float64', 'strided', '3d'])
+    lambda x: x.to('meta'),  # no data (model statistics are counted on 'meta')
+], ids=['float64', 'strided', '3d', 'meta'])
 def test_inputs_the_kernels_do_not_take_run_pytorch(make, triton_kernels):
     x = make(make_input('eca'))
     assert not kernels.use_triton(x)
@@ -77,6 +78,7 @@ def test_triton_mode_says_why_it_cannot_run(monkeypatch):
     x = make_input('gct')
     with pytest.raises(RuntimeError, match=r"set_kernels\('triton'\): the Triton kernels cannot run: triton 2.1.0"):
         kernels.set_kernels('triton')
+    assert kernels.get_kernels() == 'auto'  # a refused setting changes nothing
     monkeypatch.setattr(switch, '_mode', 'triton')
     with pytest.raises(RuntimeError, match='TIMM_GCT_KERNELS=triton: the Triton kernels cannot run: triton 2.1.0'):
         make_layer('gct')(x)

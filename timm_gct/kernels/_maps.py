@@ -19,6 +19,7 @@ Shapes and strides are run-time arguments: a new batch size or resolution does n
 integer arguments only on being 1 or divisible by 16). Both memory formats are read in place through strides: NCHW
 has H x W contiguous, channels_last has C contiguous.
 """
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -116,12 +117,17 @@ def small_block(channels: int, cap: int = 256) -> int:
     return min(triton.next_power_of_2(channels), cap)
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _splits(x: torch.Tensor, tiles: int, block_hw: int) -> int:
     """H x W positions per split: all of them unless the (sample, channel) tiles are too few for the device."""
     hw = x.shape[2] * x.shape[3]
     target = target_programs
     if target is None and x.device.type == 'cuda':
-        target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        target = 4 * _multiprocessors(x.device.index if x.device.index is not None else torch.cuda.current_device())
     if target is None or tiles >= target:
         return hw
     splits = min(triton.cdiv(target, tiles), triton.cdiv(hw, block_hw))

@@ -121,7 +121,9 @@ class FcaKernels(GateSpec):
         self.weight = weight
         self.round = _CODES[compute_dtype]
         self.dot = 0 if INTERPRETED else self.round
-        self.precision = 'tf32' if compute_dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else 'ieee'
+        # float32 products follow PyTorch's TF32 setting; half-precision ones take Triton's default
+        tf32 = compute_dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
+        self.precision = 'tf32' if tf32 else 'ieee'
 
     def _meta(self, c: int, hid: int) -> dict:
         return dict(ROUND=self.round, DOT_CODE=self.dot, PRECISION=self.precision, BLOCK_N=_BLOCK_N,

@@ -46,13 +46,14 @@ def get_kernels() -> str:
 
 def set_kernels(mode: str) -> None:
     """Choose the implementation at run time ('auto', 'triton' or 'torch'); 'triton' fails here if Triton cannot
-    run, with the reason."""
+    run, with the reason, and the setting stays as it was."""
     global _mode
-    _mode = _checked(mode, 'set_kernels: mode')
-    if _mode == 'triton':
+    mode = _checked(mode, 'set_kernels: mode')
+    if mode == 'triton':
         available, reason = triton_status()
         if not available:
             raise RuntimeError(f"set_kernels('triton'): the Triton kernels cannot run: {reason}.")
+    _mode = mode
 
 
 def triton_status() -> Tuple[bool, str]:
@@ -97,6 +98,8 @@ def use_triton(x: torch.Tensor) -> bool:
         return False
     if _mode == 'auto':
         return x.device.type == 'cuda' and torch.version.hip is None and triton_status()[0]
+    if x.device.type not in ('cuda', 'cpu'):
+        return False  # e.g. 'meta', where model statistics are counted: nothing to compute
     available, reason = triton_status()
     if not available:
         raise RuntimeError(f'{ENV_VAR}=triton: the Triton kernels cannot run: {reason}.')
