@@ -85,13 +85,17 @@ def _gate_grad_kernel(sums_ptr, gamma_ptr, coef_ptr, pgrad_ptr, N, C, HW, n_spli
                       BATCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    grad_shift = tl.zeros([BLOCK_C], tl.float32)  # sum dL/dz: the folded BN bias w beta's gradient
-    grad_scale = tl.zeros([BLOCK_C], tl.float32)  # sum dL/dz xhat: the folded BN weight w gamma's gradient
+    # Summed over the samples after the loop: Triton 3.0-3.1 abort compiling a loop-carried tl.sum whose result is
+    # used twice (an assertion in their OptimizeThreadLocality pass).
+    shift_rows = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+    scale_rows = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         mask = (n < N)[:, None] & cmask[None, :]
-        grad_shift += tl.sum(sum_splits(sums_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split), axis=0)
-        grad_scale += tl.sum(sum_splits(sums_ptr, 1, n[:, None], c[None, :], mask, N, C, n_split), axis=0)
+        shift_rows += sum_splits(sums_ptr, 0, n[:, None], c[None, :], mask, N, C, n_split)
+        scale_rows += sum_splits(sums_ptr, 1, n[:, None], c[None, :], mask, N, C, n_split)
+    grad_shift = tl.sum(shift_rows, axis=0)  # sum dL/dz: the folded BN bias w beta's gradient
+    grad_scale = tl.sum(scale_rows, axis=0)  # sum dL/dz xhat: the folded BN weight w gamma's gradient
     w, gamma = _weight(gamma_ptr, c, cmask, C, BLOCK_C)
     out_type = pgrad_ptr.dtype.element_ty
     tl.store(pgrad_ptr + c, cast_to(w * grad_scale, out_type), mask=cmask)
