@@ -18,13 +18,14 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-_SHAPES = ((3, 7, 7), (2, 14, 14))
+_SHAPES = ((3, 7, 7), (2, 1, 2), (2, 14, 14), (2, 56, 56))
 _PRECISIONS = (  # (input dtype, autocast dtype)
-    (torch.float32, None), (torch.bfloat16, None), (torch.float16, None), (torch.float32, torch.bfloat16))
+    (torch.float32, None), (torch.bfloat16, None), (torch.float16, None), (torch.float32, torch.bfloat16),
+    (torch.float32, torch.float16))
 _QUICK = 1, 2  # shapes and precisions of --quick (float32 and bfloat16): every kernel branch, fewer tile sizes
 
 
@@ -104,7 +105,7 @@ def _forget_targets(modules: Sequence[object]) -> None:
                 value.device_caches.clear()
 
 
-def main(argv: Sequence[str] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', type=int, nargs='+', default=[80, 90], help='compute capabilities, e.g. 80 90')
     parser.add_argument('--quick', action='store_true', help='one map size, float32 and bfloat16 only (what CI runs)')
