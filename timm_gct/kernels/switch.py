@@ -25,7 +25,7 @@ __all__ = ['ENV_VAR', 'KERNEL_MODES', 'MIN_TRITON', 'get_kernels', 'set_kernels'
 
 ENV_VAR = 'TIMM_GCT_KERNELS'
 KERNEL_MODES = ('auto', 'triton', 'torch')
-MIN_TRITON = (3, 0)  # compiled for sm_80 / sm_90 with Triton 3.0 to 3.8; run so far only in 3.8's interpreter
+MIN_TRITON = (3, 0)  # compiled for sm_90 with Triton 3.0-3.8 (sm_80: 3.8); run so far only in 3.8's interpreter
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
