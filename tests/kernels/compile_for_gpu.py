@@ -15,10 +15,11 @@ It prints one line per target, ``sm_90: 123 specializations compiled, 0 failed``
 if any failed.
 """
 import argparse
+import itertools
 import os
 import sys
 import traceback
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -53,16 +54,16 @@ def compile_all(arch: int, quick: bool = False) -> Tuple[int, List[str]]:
     """Compile every specialization the fused gates launch for sm_``arch``: (how many, failures)."""
     from triton.runtime import driver
     from timm_gct.kernels import _maps, switch
-    from tests.kernels.helpers import FUSED, _kernel_modules, make_input, make_layer, run
+    from tests.kernels.helpers import FUSED, _kernel_modules, make_input, make_layer, routed_launches, run
 
     shapes, precisions = (_SHAPES[:_QUICK[0]], _PRECISIONS[:_QUICK[1]]) if quick else (_SHAPES, _PRECISIONS)
-    compiled: Dict[Tuple[str, str], None] = {}
+    compiled: Set[Tuple[str, str]] = set()  # (kernel, binary hash)
     failures: List[str] = []
 
     def launch(kernel, grid, *args, **meta):
         try:
             binary = kernel.run(*args, grid=grid, warmup=True, **meta)
-            compiled[(kernel.fn.__name__, binary.hash)] = None
+            compiled.add((kernel.fn.__name__, binary.hash))
         except Exception:
             failures.append(f'{kernel.fn.__name__} {meta}:\n{traceback.format_exc(limit=-3)}')
 
@@ -70,25 +71,20 @@ def compile_all(arch: int, quick: bool = False) -> Tuple[int, List[str]]:
     previous = driver.active if torch.cuda.is_available() else None  # without a GPU there is no driver to restore
     driver.set_active(_TargetDriver(arch))
     _forget_targets(modules)
-    original, interpreted, programs = _maps.launch, switch._interpreted, _maps.target_programs
-    for module in modules:
-        module.launch = launch
+    interpreted, programs = switch._interpreted, _maps.target_programs
     switch._interpreted = lambda: True  # lets CPU tensors reach launch(), which compiles instead of running
+    cases = itertools.product(
+        (None, 64),  # target programs: whole maps per program, and statistics split along H x W
+        FUSED, (torch.contiguous_format, torch.channels_last), precisions, shapes, (True, False))
     try:
-        for target_programs in (None, 64):  # whole maps per program, and statistics split along H x W
-            _maps.target_programs = target_programs
-            for key in FUSED:
-                for fmt in (torch.contiguous_format, torch.channels_last):
-                    for dtype, autocast in precisions:
-                        for shape in shapes:
-                            for train in (True, False):
-                                layer = make_layer(key, dtype=dtype).train(train)
-                                x = make_input(key, shape=shape, fmt=fmt, dtype=dtype)
-                                upstream = torch.ones(x.shape, dtype=autocast or dtype) if train else None
-                                run(layer, x, 'triton', upstream=upstream, autocast=autocast)
+        with routed_launches(launch):
+            for target_programs, key, fmt, (dtype, autocast), shape, train in cases:
+                _maps.target_programs = target_programs
+                layer = make_layer(key, dtype=dtype).train(train)
+                x = make_input(key, shape=shape, fmt=fmt, dtype=dtype)
+                upstream = torch.ones(x.shape, dtype=autocast or dtype) if train else None
+                run(layer, x, 'triton', upstream=upstream, autocast=autocast)
     finally:
-        for module in modules:
-            module.launch = original
         switch._interpreted, _maps.target_programs = interpreted, programs
         _forget_targets(modules)
         if previous is not None:
